@@ -1,0 +1,1 @@
+"""The only code with side effects: etcd, memory fake, netlink, nftables, files, HTTP."""

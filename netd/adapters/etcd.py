@@ -1,0 +1,342 @@
+"""EtcdRegistry: leases and config in etcd v3 (aetcd), in flannel's key layout.
+
+aetcd 1.0 speaks to one host over a plain channel; we subclass its Client to open the gRPC
+channel ourselves, so netd gets TLS (--etcd-cafile/--etcd-certfile/--etcd-keyfile) and fails
+over between --etcd-endpoints: after an unavailability error the next call goes to the next
+endpoint.
+
+Round trips per acquire are constant: one range (list), one lease grant, one transaction whose
+failure branch re-reads the subnets, so a lost race needs no extra list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aetcd
+import aetcd.exceptions as aexc
+import aetcd.rpc as arpc
+import aetcd.transactions as atx
+import aetcd.utils as autils
+import aetcd.watcher as awatcher
+import grpc
+
+from netd.adapters.registry import Snapshot, SubnetEvent
+from netd.errors import CompactedError, ConfigError, ConflictError, RegistryUnavailable
+from netd.model import Lease, LeaseAttrs, format_subnet_key, parse_subnet_key
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_UNAVAILABLE = (
+    aexc.ConnectionFailedError,
+    aexc.ConnectionTimeoutError,
+    aexc.WatchTimeoutError,
+    aexc.InternalError,
+    aexc.ClientError,
+    grpc.RpcError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+@dataclass(frozen=True)
+class EtcdTLS:
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    def validate(self) -> None:
+        """A CA without a client cert/key is refused: never a silent fall-back to plain."""
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("--etcd-certfile and --etcd-keyfile must be given together", "--etcd-certfile")
+        if self.cafile and not self.certfile:
+            raise ConfigError(
+                "--etcd-cafile was given without --etcd-certfile/--etcd-keyfile; refusing to fall "
+                "back to an unauthenticated connection",
+                "--etcd-cafile",
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cafile or self.certfile)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            if not path:
+                return None
+            with open(path, "rb") as fh:
+                return fh.read()
+
+        return grpc.ssl_channel_credentials(read(self.cafile), read(self.keyfile), read(self.certfile))
+
+
+def parse_endpoints(spec: str) -> list[tuple[str, int, bool]]:
+    """``http://10.0.0.1:2379,https://h:2379`` -> [(host, port, tls)]; ConfigError if malformed."""
+    out = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        url = urlsplit(item if "://" in item else f"http://{item}")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(f"expected http(s)://host:port, found {item!r}", "--etcd-endpoints")
+        try:
+            port = url.port or 2379
+        except ValueError as exc:
+            raise ConfigError(f"bad port in {item!r}", "--etcd-endpoints") from exc
+        out.append((url.hostname, port, url.scheme == "https"))
+    if not out:
+        raise ConfigError("no endpoint given", "--etcd-endpoints")
+    return out
+
+
+class _Client(aetcd.Client):
+    """aetcd.Client whose channel may be TLS; the target is set per connection."""
+
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None, timeout: float) -> None:
+        super().__init__(timeout=timeout)  # type: ignore[arg-type]
+        self._target = target
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        if self._credentials is not None:
+            self.channel = grpc.aio.secure_channel(self._target, self._credentials, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(self._target, options=options)
+        self.kvstub = arpc.KVStub(self.channel)
+        self.clusterstub = arpc.ClusterStub(self.channel)
+        self.leasestub = arpc.LeaseStub(self.channel)
+        self.maintenancestub = arpc.MaintenanceStub(self.channel)
+        self._watcher = awatcher.Watcher(arpc.WatchStub(self.channel), timeout=self._timeout)
+        self._connected.set()
+
+
+class EtcdRegistry:
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        prefix: str = "/coreos.com/network",
+        tls: EtcdTLS | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        spec = endpoints if isinstance(endpoints, str) else ",".join(endpoints)
+        self._endpoints = parse_endpoints(spec)
+        self._tls = tls or EtcdTLS()
+        self._tls.validate()
+        self._timeout = timeout
+        self._prefix = prefix.rstrip("/")
+        self._subnets_prefix = f"{self._prefix}/subnets/".encode()
+        self._config_key = f"{self._prefix}/config".encode()
+        self._index = 0
+        self._client: _Client | None = None
+        self._trips = 0
+
+    # -- connection ----------------------------------------------------------------------
+    def _get_client(self) -> _Client:
+        if self._client is None:
+            host, port, tls = self._endpoints[self._index % len(self._endpoints)]
+            creds = None
+            if self._tls.enabled:
+                creds = self._tls.credentials()
+            elif tls:
+                creds = grpc.ssl_channel_credentials()
+            self._client = _Client(f"{host}:{port}", creds, self._timeout)
+        return self._client
+
+    def _fail_over(self) -> None:
+        """Drop the channel; the next call reconnects, to the next endpoint if there are several."""
+        client, self._client = self._client, None
+        if len(self._endpoints) > 1:
+            self._index += 1
+        if client is not None:
+            asyncio.get_running_loop().create_task(self._close_quietly(client))
+
+    @staticmethod
+    async def _close_quietly(client: _Client) -> None:
+        try:
+            await client.close()
+        except Exception:  # noqa: BLE001 - closing a broken channel may fail in many ways
+            pass
+
+    @property
+    def endpoint(self) -> str:
+        host, port, _ = self._endpoints[self._index % len(self._endpoints)]
+        return f"{host}:{port}"
+
+    async def _call(self, what: str, fn: Callable[[_Client], Awaitable[T]]) -> T:
+        self._trips += 1
+        client = self._get_client()
+        try:
+            return await asyncio.wait_for(fn(client), self._timeout)
+        except (aexc.PreconditionFailedError, aexc.InvalidArgumentError):
+            raise
+        except _UNAVAILABLE as exc:
+            endpoint = self.endpoint
+            if len(self._endpoints) > 1 or isinstance(exc, asyncio.TimeoutError):
+                self._fail_over()
+            raise RegistryUnavailable(f"etcd {what} at {endpoint} failed: {exc or type(exc).__name__}") from exc
+
+    # -- decoding --------------------------------------------------------------------------
+    def _lease_from_kv(self, kv: Any) -> Lease:
+        name = bytes(kv.key)[len(self._subnets_prefix):].decode()
+        return Lease(
+            parse_subnet_key(name),
+            LeaseAttrs.from_json(bytes(kv.value), source=bytes(kv.key).decode()),
+            int(kv.lease),
+            int(kv.mod_revision),
+        )
+
+    def _snapshot(self, kvs: Any, revision: int) -> Snapshot:
+        leases, invalid = [], []
+        for kv in kvs:
+            try:
+                leases.append(self._lease_from_kv(kv))
+            except (ValueError, ConfigError) as exc:
+                invalid.append(f"{bytes(kv.key).decode(errors='replace')}: {exc}")
+        return Snapshot(tuple(leases), revision, tuple(invalid))
+
+    def _key(self, subnet: ipaddress.IPv4Network) -> bytes:
+        return self._subnets_prefix + format_subnet_key(subnet).encode()
+
+    # -- Registry ----------------------------------------------------------------------------
+    async def get_config(self) -> bytes | None:
+        got = await self._call("get config", lambda c: c.get(self._config_key))
+        return bytes(got.value) if got is not None else None
+
+    async def put_config(self, value: bytes) -> None:
+        await self._call("put config", lambda c: c.put(self._config_key, value))
+
+    async def list_subnets(self) -> Snapshot:
+        got = await self._call("list subnets", lambda c: c.get_prefix(self._subnets_prefix))
+        return self._snapshot([kv for kv in got], got.header.revision)
+
+    async def _cas(self, key: bytes, compare: Any, value: bytes, lease_id: int, what: str) -> tuple[bool, Any]:
+        range_end = autils.prefix_range_end(self._subnets_prefix)
+
+        async def txn(c: _Client) -> Any:
+            return await c.transaction(
+                compare=[compare],
+                success=[atx.Put(key, value, lease_id), atx.Get(key)],
+                failure=[atx.Get(self._subnets_prefix, range_end)],
+            )
+
+        return await self._call(what, txn)
+
+    def _conflict_snapshot(self, responses: Any) -> Snapshot:
+        items = responses[0] if responses else []
+        kvs = [get for _, get in items]
+        revision = max((get.header.revision for get in kvs), default=0)
+        return self._snapshot(kvs, revision)
+
+    async def _grant(self, ttl: int) -> int:
+        granted = await self._call("grant lease", lambda c: c.lease(ttl))
+        return int(granted.id)
+
+    async def create_subnet(self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+        key = self._key(subnet)
+        lease_id = await self._grant(ttl) if ttl > 0 else 0
+        compare = atx.Version(key) == 0
+        ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "create subnet")
+        if not ok:
+            if lease_id:
+                asyncio.get_running_loop().create_task(self._revoke_quietly(lease_id))
+            raise ConflictError(f"subnet {subnet} is already held", current=self._conflict_snapshot(responses))
+        return self._lease_from_kv(responses[1][0][1])
+
+    async def update_subnet(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        key = self._key(current.subnet)
+        lease_id = current.lease_id if ttl is None else await self._grant(ttl)
+        compare = atx.Mod(key) == current.mod_revision
+        ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "update subnet")
+        if not ok:
+            snap = self._conflict_snapshot(responses)
+            now = snap.find(current.subnet)
+            found = "absent" if now is None else f"mod_revision {now.mod_revision}"
+            raise ConflictError(
+                f"subnet {current.subnet} changed: expected mod_revision {current.mod_revision}, found {found}",
+                current=snap,
+            )
+        return self._lease_from_kv(responses[1][0][1])
+
+    async def delete_subnet(self, subnet: ipaddress.IPv4Network) -> bool:
+        got = await self._call("delete subnet", lambda c: c.delete(self._key(subnet)))
+        return bool(got and got.deleted)
+
+    async def keepalive(self, lease_id: int) -> int:
+        reply = await self._call("keepalive", lambda c: c.refresh_lease(lease_id))
+        return max(0, int(reply.TTL)) if reply is not None else 0
+
+    async def time_to_live(self, lease_id: int) -> int:
+        info = await self._call("lease ttl", lambda c: c.get_lease_info(lease_id, keys=False))
+        return max(0, int(info.TTL))
+
+    async def revoke(self, lease_id: int) -> None:
+        try:
+            await self._call("revoke lease", lambda c: c.revoke_lease(lease_id))
+        except aexc.ClientError as exc:
+            if "not found" not in str(exc):
+                raise
+
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            await self.revoke(lease_id)
+        except Exception as exc:  # noqa: BLE001 - best effort; the lease expires by itself
+            log.debug("revoking unused lease %x failed: %s", lease_id, exc)
+
+    async def watch_subnets(self, start_revision: int) -> AsyncIterator[list[SubnetEvent]]:
+        self._trips += 1
+        client = self._get_client()
+        range_end = autils.prefix_range_end(self._subnets_prefix)
+        try:
+            watch = await asyncio.wait_for(
+                client.watch(self._subnets_prefix, range_end=range_end, start_revision=start_revision),
+                self._timeout,
+            )
+        except aexc.RevisionCompactedError as exc:
+            raise CompactedError(exc.compacted_revision) from exc
+        except _UNAVAILABLE as exc:
+            self._fail_over()
+            raise RegistryUnavailable(f"etcd watch at {self.endpoint} failed: {exc}") from exc
+        try:
+            async for event in watch:
+                name = bytes(event.kv.key)[len(self._subnets_prefix):].decode(errors="replace")
+                try:
+                    subnet = parse_subnet_key(name)
+                except ValueError:
+                    continue
+                deleted = event.kind == "DELETE"
+                lease = None
+                if not deleted:
+                    try:
+                        lease = self._lease_from_kv(event.kv)
+                    except (ValueError, ConfigError):
+                        lease = None
+                yield [SubnetEvent(subnet, deleted, int(event.kv.mod_revision), lease)]
+        except aexc.RevisionCompactedError as exc:
+            raise CompactedError(exc.compacted_revision) from exc
+        except _UNAVAILABLE as exc:
+            self._fail_over()
+            raise RegistryUnavailable(f"etcd watch at {self.endpoint} broke: {exc}") from exc
+        finally:
+            try:
+                await watch.cancel()
+            except Exception:  # noqa: BLE001 - the stream may already be gone
+                pass
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await self._close_quietly(client)
+
+    @property
+    def round_trips(self) -> int:
+        return self._trips
