@@ -1,0 +1,1 @@
+"""Long-running loops: observe, decide (netd.core), apply (netd.adapters)."""

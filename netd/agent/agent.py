@@ -1,0 +1,355 @@
+"""The per-host agent: lease, subnet.env, routes and ip-masq, reconciled level-triggered.
+
+Three tasks share one asyncio loop:
+  * ``_sync_loop``: every wake-up (a watch event, a keepalive finding our lease gone) and every
+    ``resync_interval`` it re-reads config and subnets from scratch, makes sure we hold our
+    lease, and diffs desired routes against what the kernel has, applying only the diff;
+  * ``_watch_loop``: watches ``subnets/`` from the last seen revision + 1; a broken stream is
+    re-created from there, a compacted revision triggers a full re-list;
+  * ``_keepalive_loop``: refreshes our etcd lease (never rewrites the key).
+Nothing here exits because etcd is away: the kernel keeps forwarding with the last state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from netd.adapters.files import read_text, write_atomic
+from netd.adapters.masq import NftMasquerade
+from netd.adapters.netlink import Backend
+from netd.adapters.registry import Registry, Snapshot
+from netd.agent.metrics import AgentMetrics
+from netd.core.allocate import ChoiceKind, choose_subnet
+from netd.core.dataplane import desired_state, peer_leases, plan_dataplane
+from netd.core.subnetenv import previous_subnet, render_subnet_env
+from netd.errors import CompactedError, ConfigError, ConflictError, NetdError, RegistryUnavailable
+from netd.model import Lease, LeaseAttrs, NetworkConfig, parse_network_config
+
+log = logging.getLogger(__name__)
+
+MAX_ACQUIRE_ATTEMPTS = 50
+
+
+@dataclass
+class AgentOptions:
+    public_ip: ipaddress.IPv4Address
+    subnet_file: str = "/run/flannel/subnet.env"
+    ip_masq: bool = False
+    lease_ttl: int = 24 * 3600
+    resync_interval: float = 5.0
+    config_source: str = "/coreos.com/network/config"
+
+
+@dataclass
+class Status:
+    ready: bool = False
+    reason: str = "starting"
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(
+        self,
+        registry: Registry,
+        make_backend: Callable[[NetworkConfig], Backend],
+        options: AgentOptions,
+        metrics: AgentMetrics | None = None,
+        masq: NftMasquerade | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.make_backend = make_backend
+        self.opts = options
+        self.metrics = metrics or AgentMetrics()
+        self.masq = masq if masq is not None else (NftMasquerade() if options.ip_masq else None)
+        self.rng = rng or random.Random()
+        self.cfg: NetworkConfig | None = None
+        self.backend: Backend | None = None
+        self.lease: Lease | None = None
+        self.snapshot: Snapshot | None = None
+        self.last_revision: int | None = None
+        self.status = Status()
+        self.etcd_down_since: float | None = None
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._have_revision = asyncio.Event()
+
+    # -- readiness -------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str, dict[str, object]]:
+        st = self.status
+        details = dict(st.details)
+        if self.etcd_down_since is not None:
+            details["etcd"] = f"unreachable for {time.monotonic() - self.etcd_down_since:.0f}s"
+        return st.ready, st.reason, details
+
+    def _set_status(self, ready: bool, reason: str, **details: object) -> None:
+        if (ready, reason) != (self.status.ready, self.status.reason):
+            log.log(logging.INFO if ready else logging.WARNING, "readiness: %s (%s)",
+                    "ready" if ready else "not ready", reason)
+        self.status = Status(ready, reason, details)
+        self.metrics.ready.set(1 if ready else 0)
+
+    def _etcd_error(self, op: str, exc: Exception) -> None:
+        self.metrics.etcd_errors.labels(op).inc()
+        if self.etcd_down_since is None:
+            self.etcd_down_since = time.monotonic()
+            log.warning("etcd unreachable (%s): %s; keeping the current routes", op, exc)
+
+    def _etcd_ok(self) -> None:
+        if self.etcd_down_since is not None:
+            log.info("etcd reachable again after %.1fs", time.monotonic() - self.etcd_down_since)
+            self.etcd_down_since = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    # -- main ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self._sync_loop(), name="sync"),
+            asyncio.create_task(self._watch_loop(), name="watch"),
+            asyncio.create_task(self._keepalive_loop(), name="keepalive"),
+        ]
+        try:
+            await self._stopping.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Clean shutdown: remove ip-masq rules. The lease and routes stay, so a restart is seamless."""
+        if self.masq is not None and self.opts.ip_masq:
+            try:
+                self.masq.remove()
+            except Exception as exc:  # noqa: BLE001 - shutting down anyway
+                log.warning("removing ip-masq rules failed: %s", exc)
+
+    async def _sync_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            await self.sync_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.opts.resync_interval)
+            await asyncio.sleep(0.05)  # coalesce bursts of events into one sync
+
+    async def sync_once(self) -> None:
+        """One level-triggered iteration; never raises (errors become readiness reasons)."""
+        self.metrics.reconcile_runs.inc()
+        try:
+            await self._sync()
+        except RegistryUnavailable as exc:
+            self._etcd_error("sync", exc)
+            if self.lease is None:
+                self._set_status(False, f"etcd unreachable before a lease was acquired: {exc}")
+        except ConfigError as exc:
+            self.metrics.config_valid.set(0)
+            self._set_status(False, str(exc))
+        except NetdError as exc:
+            self.metrics.reconcile_errors.inc()
+            self._set_status(False, str(exc))
+        except Exception as exc:
+            self.metrics.reconcile_errors.inc()
+            log.exception("reconcile failed; retrying on the next interval")
+            self._set_status(False, f"internal error: {exc!r}")
+
+    async def _sync(self) -> None:
+        raw = await self.registry.get_config()
+        self._etcd_ok()
+        if raw is None:
+            raise ConfigError(f"{self.opts.config_source}: no network config; set one with `netctl config set`")
+        cfg = parse_network_config(raw, source=self.opts.config_source)
+        self.metrics.config_valid.set(1)
+        if self.cfg is None:
+            self.backend = self.make_backend(cfg)
+            self.cfg = cfg
+            log.info("network config: %s, /%d subnets, backend %s", cfg.network, cfg.subnet_len, cfg.backend.type)
+        elif cfg != self.cfg:
+            raise ConfigError(
+                f"{self.opts.config_source}: network config changed (was {self.cfg.network} "
+                f"/{self.cfg.subnet_len} {self.cfg.backend.type}, now {cfg.network} /{cfg.subnet_len} "
+                f"{cfg.backend.type}); restart netd to apply it. Keeping the current routes"
+            )
+        assert self.backend is not None
+        cfg = self.cfg
+
+        snap = await self.registry.list_subnets()
+        self.snapshot = snap
+        if self.last_revision is None:
+            self.last_revision = snap.revision
+            self._have_revision.set()
+        for bad in snap.invalid:
+            log.warning("ignoring unparseable subnet key %s", bad)
+
+        own = await self._ensure_lease(cfg, snap)
+        leases = [lease for lease in snap.leases if lease.subnet != own.subnet] + [own]
+
+        mtu = self.backend.mtu()
+        env = render_subnet_env(cfg.network, own.subnet, mtu, self.opts.ip_masq)
+        if write_atomic(self.opts.subnet_file, env):
+            log.info("wrote %s (subnet %s, MTU %d)", self.opts.subnet_file, own.subnet, mtu)
+
+        self.backend.configure_own(own)
+        desired, skipped = desired_state(self.backend.name, own, leases)
+        plan = plan_dataplane(desired, self.backend.observe())
+        errors: list[str] = []
+        if plan.changes:
+            errors = self.backend.apply(plan)
+            self.metrics.reconcile_repairs.inc(plan.changes - len(errors))
+            log.info(
+                "reconciled: +%d/-%d routes, +%d/-%d neighbours, +%d/-%d fdb%s",
+                len(plan.add_routes), len(plan.del_routes), len(plan.add_neighbours),
+                len(plan.del_neighbours), len(plan.add_fdb), len(plan.del_fdb),
+                f"; errors: {'; '.join(errors)}" if errors else "",
+            )
+        for why in skipped:
+            log.warning("peer skipped: %s", why)
+        if self.masq is not None and self.opts.ip_masq:
+            self.masq.ensure(cfg.network, own.subnet)
+
+        peers = peer_leases(own, leases, self.backend.name)
+        self.metrics.peers.set(len(peers))
+        log.debug("sync: lease %s, %d peers, %d changes, revision %s", own.subnet, len(peers), plan.changes,
+                  snap.revision)
+        if errors:
+            self._set_status(False, f"{len(errors)} dataplane operations failed: {errors[0]}")
+        else:
+            self._set_status(
+                True, "lease held, routes in place, subnet.env written",
+                subnet=str(own.subnet), public_ip=str(own.attrs.public_ip), peers=len(peers),
+            )
+
+    # -- lease -----------------------------------------------------------------------------
+    def _wanted_attrs(self) -> LeaseAttrs:
+        assert self.backend is not None
+        return LeaseAttrs(self.opts.public_ip, self.backend.name, self.backend.backend_data())
+
+    async def _ensure_lease(self, cfg: NetworkConfig, snap: Snapshot) -> Lease:
+        attrs = self._wanted_attrs()
+        if self.lease is not None:
+            current = snap.find(self.lease.subnet)
+            if current is not None and current.attrs.public_ip == self.opts.public_ip:
+                if current.attrs != attrs:
+                    current = await self._update(current, attrs, None)
+                self.lease = current
+                return current
+            held_by = "nobody" if current is None else f"{current.attrs.public_ip}"
+            log.warning("lost subnet %s (now held by %s); re-acquiring", self.lease.subnet, held_by)
+            self.metrics.lease_held.set(0)
+            if self.lease.lease_id and current is None:
+                asyncio.get_running_loop().create_task(self._revoke_quietly(self.lease.lease_id))
+            previous = self.lease.subnet
+        else:
+            previous = previous_subnet(read_text(self.opts.subnet_file))
+        lease = await self.acquire(cfg, snap, attrs, previous)
+        if self.lease is not None and lease.subnet != self.lease.subnet:
+            log.warning("subnet changed from %s to %s: containers on the old subnet lose connectivity",
+                        self.lease.subnet, lease.subnet)
+        self.lease = lease
+        self.metrics.lease_held.set(1)
+        self.metrics.lease_info.clear()
+        self.metrics.lease_info.labels(str(lease.subnet), str(lease.attrs.public_ip), lease.attrs.backend_type).set(1)
+        return lease
+
+    async def _update(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
+        log.info("updating lease %s attributes to %s", current.subnet, attrs.to_json().decode())
+        return await self.registry.update_subnet(current, attrs, ttl)
+
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.registry.revoke(lease_id)
+
+    async def acquire(
+        self, cfg: NetworkConfig, snap: Snapshot, attrs: LeaseAttrs, previous: ipaddress.IPv4Network | None
+    ) -> Lease:
+        """Take a subnet; a lost race retries with the fresh list the conflict carried."""
+        for attempt in range(MAX_ACQUIRE_ATTEMPTS):
+            choice = choose_subnet(cfg, snap.leases, self.opts.public_ip, previous, self.rng)
+            try:
+                lease = await self._take(choice.kind, choice.subnet, choice.existing, attrs)
+            except ConflictError as exc:
+                self.metrics.conflicts.inc()
+                log.debug("lost the race for %s (attempt %d): %s", choice.subnet, attempt + 1, exc)
+                snap = exc.current if isinstance(exc.current, Snapshot) else await self.registry.list_subnets()
+                await asyncio.sleep(self.rng.uniform(0, 0.01 * min(attempt + 1, 10)))
+                continue
+            self.metrics.acquisitions.labels(choice.kind.value).inc()
+            log.info("acquired subnet %s (%s) for %s, %s", lease.subnet, choice.kind.value,
+                     self.opts.public_ip, "reservation" if lease.is_reservation else f"lease {lease.lease_id:x}")
+            return lease
+        raise NetdError(f"could not acquire a subnet: lost {MAX_ACQUIRE_ATTEMPTS} races in a row")
+
+    async def _take(
+        self, kind: ChoiceKind, subnet: ipaddress.IPv4Network, existing: Lease | None, attrs: LeaseAttrs
+    ) -> Lease:
+        if existing is not None and kind is ChoiceKind.RESERVATION:
+            return existing if existing.attrs == attrs else await self._update(existing, attrs, None)
+        if existing is not None and kind is ChoiceKind.REUSE:
+            # Adopt the etcd lease our previous run held: no write at all if nothing changed,
+            # so peers see no event across a restart.
+            if await self.registry.keepalive(existing.lease_id) > 0:
+                return existing if existing.attrs == attrs else await self._update(existing, attrs, None)
+            return await self._update(existing, attrs, self.opts.lease_ttl)
+        return await self.registry.create_subnet(subnet, attrs, self.opts.lease_ttl)
+
+    async def _keepalive_loop(self) -> None:
+        interval = max(0.5, min(self.opts.lease_ttl / 3, 60.0))
+        while not self._stopping.is_set():
+            await asyncio.sleep(interval)
+            lease = self.lease
+            if lease is None or lease.is_reservation:
+                continue
+            try:
+                ttl = await self.registry.keepalive(lease.lease_id)
+            except RegistryUnavailable as exc:
+                self._etcd_error("keepalive", exc)
+                continue
+            self._etcd_ok()
+            self.metrics.lease_ttl.set(ttl)
+            if ttl == 0:
+                log.warning("etcd lease %x of subnet %s is gone; re-acquiring", lease.lease_id, lease.subnet)
+                self.wake()
+
+    # -- watch -----------------------------------------------------------------------------
+    async def _watch_loop(self) -> None:
+        backoff = 0.2
+        while not self._stopping.is_set():
+            await self._have_revision.wait()
+            assert self.last_revision is not None
+            try:
+                async for events in self.registry.watch_subnets(self.last_revision + 1):
+                    backoff = 0.2
+                    self._etcd_ok()
+                    for ev in events:
+                        self.last_revision = max(self.last_revision or 0, ev.revision)
+                        log.debug("watch: %s %s at revision %d", "delete" if ev.deleted else "put",
+                                  ev.subnet, ev.revision)
+                    self.wake()
+            except CompactedError as exc:
+                log.warning("watch: %s", exc)
+                self.metrics.watch_restarts.labels("compacted").inc()
+                self.last_revision = None
+                self._have_revision.clear()
+                self.wake()
+            except RegistryUnavailable as exc:
+                self._etcd_error("watch", exc)
+                self.metrics.watch_restarts.labels("unavailable").inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                self.metrics.watch_restarts.labels("closed").inc()
+                await asyncio.sleep(backoff)

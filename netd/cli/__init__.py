@@ -1,0 +1,1 @@
+"""Entry points: parse, wire, run. No logic."""

@@ -1,0 +1,118 @@
+"""`netctl`: the operator's CLI (config get/set, leases)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from netd.adapters.etcd import EtcdRegistry
+from netd.cli.common import add_etcd_flags, make_registry
+from netd.errors import ConfigError, NetdError
+from netd.model import parse_network_config
+from netd.model.config import BACKEND_DEFAULTS, network_config_from_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="netctl", description="operate a netd cluster")
+    add_etcd_flags(p)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    cfg = sub.add_parser("config", help="the cluster network config").add_subparsers(dest="action", required=True)
+    s = cfg.add_parser("set", help="validate and write <prefix>/config")
+    s.add_argument("--network", required=True, help="cluster network CIDR, e.g. 10.5.0.0/16")
+    s.add_argument("--subnet-len", type=int, default=0, help="prefix length of each host's subnet")
+    s.add_argument("--subnet-min", default=None)
+    s.add_argument("--subnet-max", default=None)
+    s.add_argument("--backend", choices=sorted(BACKEND_DEFAULTS), default="vxlan")
+    s.add_argument("--port", type=int, default=0, help="backend UDP port (default: the backend's)")
+    s.add_argument("--vni", type=int, default=0, help="vxlan VNI (default 1)")
+    cfg.add_parser("get", help="print <prefix>/config with defaults filled in")
+
+    leases = sub.add_parser("leases", help="list subnet leases")
+    leases.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    return p
+
+
+async def config_set(reg: EtcdRegistry, args: argparse.Namespace) -> int:
+    obj: dict[str, Any] = {"Network": args.network}
+    if args.subnet_len:
+        obj["SubnetLen"] = args.subnet_len
+    if args.subnet_min:
+        obj["SubnetMin"] = args.subnet_min
+    if args.subnet_max:
+        obj["SubnetMax"] = args.subnet_max
+    backend: dict[str, Any] = {"Type": args.backend}
+    if args.port:
+        backend["Port"] = args.port
+    if args.vni:
+        backend["VNI"] = args.vni
+    obj["Backend"] = backend
+    network_config_from_json(obj)  # validate whole before writing anything
+    await reg.put_config(json.dumps(obj).encode())
+    print(json.dumps(obj))
+    return 0
+
+
+async def config_get(reg: EtcdRegistry, args: argparse.Namespace) -> int:
+    raw = await reg.get_config()
+    source = f"{args.etcd_prefix.rstrip('/')}/config"
+    if raw is None:
+        print(f"netctl: {source} is not set", file=sys.stderr)
+        return 1
+    cfg = parse_network_config(raw, source=source)
+    print(json.dumps(cfg.to_json(), indent=2))
+    return 0
+
+
+async def list_leases(reg: EtcdRegistry, args: argparse.Namespace) -> int:
+    snap = await reg.list_subnets()
+    rows = []
+    for lease in snap.leases:
+        ttl = await reg.time_to_live(lease.lease_id) if lease.lease_id else None
+        rows.append({
+            "subnet": str(lease.subnet),
+            "public_ip": str(lease.attrs.public_ip),
+            "backend": lease.attrs.backend_type,
+            "ttl_seconds": ttl,
+            "reservation": lease.is_reservation,
+            "backend_data": dict(lease.attrs.backend_data),
+        })
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'SUBNET':<20} {'PUBLIC IP':<16} {'BACKEND':<8} TTL")
+        for r in rows:
+            ttl_text = "reserved" if r["reservation"] else f"{r['ttl_seconds']}s"
+            print(f"{r['subnet']:<20} {r['public_ip']:<16} {r['backend']:<8} {ttl_text}")
+    for bad in snap.invalid:
+        print(f"netctl: unparseable key {bad}", file=sys.stderr)
+    return 0
+
+
+async def run(args: argparse.Namespace) -> int:
+    reg = make_registry(args)
+    try:
+        if args.cmd == "config":
+            return await (config_set if args.action == "set" else config_get)(reg, args)
+        return await list_leases(reg, args)
+    finally:
+        await reg.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    except ConfigError as exc:
+        print(f"netctl: {exc}", file=sys.stderr)
+        return 2
+    except NetdError as exc:
+        print(f"netctl: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
