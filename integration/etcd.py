@@ -47,12 +47,16 @@ class EtcdServer:
         data_dir: str | None = None,
         election_timeout_ms: int = 100,
         heartbeat_ms: int = 10,
+        netns: str | None = None,
     ) -> None:
         self.name = name
+        #: Run etcd inside this network namespace (namespace clusters put it on the underlay).
+        self.netns = netns
+        self._wrap = ["ip", "netns", "exec", netns] if netns else []
         self.listen_ips = list(listen_ips)
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
-        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.peer_url = f"http://{self.listen_ips[0]}:{self.peer_port}"
         self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix=f"netd-etcd-{name}-")
@@ -63,8 +67,8 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        """The loopback client URL (what tests in the root namespace use)."""
-        return f"http://127.0.0.1:{self.client_port}"
+        """The first client URL (loopback for the root-namespace fixtures)."""
+        return f"http://{self.listen_ips[0]}:{self.client_port}"
 
     def endpoint_on(self, ip: str) -> str:
         return f"http://{ip}:{self.client_port}"
@@ -72,6 +76,7 @@ class EtcdServer:
     def start(self, wait: bool = True) -> EtcdServer:
         urls = ",".join(f"http://{ip}:{self.client_port}" for ip in self.listen_ips)
         cmd = [
+            *self._wrap,
             ETCD,
             f"--name={self.name}",
             f"--data-dir={self.data_dir}",
@@ -101,7 +106,7 @@ class EtcdServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"etcd {self.name} exited with {self.proc.returncode}; log: {self.log_tail()}")
             r = subprocess.run(
-                [ETCDCTL, f"--endpoints={self.endpoint}", "--command-timeout=1s", "endpoint", "health"],
+                [*self._wrap, ETCDCTL, f"--endpoints={self.endpoint}", "--command-timeout=1s", "endpoint", "health"],
                 capture_output=True,
                 env={**os.environ, "ETCDCTL_API": "3"},
             )
@@ -135,7 +140,7 @@ class EtcdServer:
 
     def etcdctl(self, *args: str) -> str:
         r = subprocess.run(
-            [ETCDCTL, f"--endpoints={self.endpoint}", *args],
+            [*self._wrap, ETCDCTL, f"--endpoints={self.endpoint}", *args],
             capture_output=True,
             text=True,
             env={**os.environ, "ETCDCTL_API": "3"},

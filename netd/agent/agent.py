@@ -13,6 +13,7 @@ Nothing here exits because etcd is away: the kernel keeps forwarding with the la
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import logging
@@ -20,6 +21,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from netd.adapters.files import read_text, write_atomic
 from netd.adapters.masq import NftMasquerade
@@ -33,6 +35,7 @@ from netd.errors import CompactedError, ConfigError, ConflictError, NetdError, R
 from netd.model import Lease, LeaseAttrs, NetworkConfig, parse_network_config
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_ACQUIRE_ATTEMPTS = 50
 
@@ -80,6 +83,12 @@ class Agent:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._have_revision = asyncio.Event()
+        # Kernel work (netlink, nft) runs on one thread of its own: pyroute2's sync API cannot
+        # run inside an asyncio loop, and one thread keeps dataplane changes serialised.
+        self._dataplane = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dataplane")
+
+    async def _on_dataplane(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._dataplane, fn, *args)
 
     # -- readiness -------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str, dict[str, object]]:
@@ -129,7 +138,8 @@ class Agent:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            self.shutdown()
+            await self._on_dataplane(self.shutdown)
+            self._dataplane.shutdown(wait=True)
 
     def shutdown(self) -> None:
         """Clean shutdown: remove ip-masq rules. The lease and routes stay, so a restart is seamless."""
@@ -138,6 +148,8 @@ class Agent:
                 self.masq.remove()
             except Exception as exc:  # noqa: BLE001 - shutting down anyway
                 log.warning("removing ip-masq rules failed: %s", exc)
+        if self.backend is not None:
+            self.backend.close()
 
     async def _sync_loop(self) -> None:
         while not self._stopping.is_set():
@@ -175,7 +187,7 @@ class Agent:
         cfg = parse_network_config(raw, source=self.opts.config_source)
         self.metrics.config_valid.set(1)
         if self.cfg is None:
-            self.backend = self.make_backend(cfg)
+            self.backend = await self._on_dataplane(self.make_backend, cfg)
             self.cfg = cfg
             log.info("network config: %s, /%d subnets, backend %s", cfg.network, cfg.subnet_len, cfg.backend.type)
         elif cfg != self.cfg:
@@ -203,12 +215,13 @@ class Agent:
         if write_atomic(self.opts.subnet_file, env):
             log.info("wrote %s (subnet %s, MTU %d)", self.opts.subnet_file, own.subnet, mtu)
 
-        self.backend.configure_own(own)
-        desired, skipped = desired_state(self.backend.name, own, leases)
-        plan = plan_dataplane(desired, self.backend.observe())
+        backend = self.backend
+        await self._on_dataplane(backend.configure_own, own)
+        desired, skipped = desired_state(backend.name, own, leases)
+        plan = plan_dataplane(desired, await self._on_dataplane(backend.observe))
         errors: list[str] = []
         if plan.changes:
-            errors = self.backend.apply(plan)
+            errors = await self._on_dataplane(backend.apply, plan)
             self.metrics.reconcile_repairs.inc(plan.changes - len(errors))
             log.info(
                 "reconciled: +%d/-%d routes, +%d/-%d neighbours, +%d/-%d fdb%s",
@@ -219,7 +232,7 @@ class Agent:
         for why in skipped:
             log.warning("peer skipped: %s", why)
         if self.masq is not None and self.opts.ip_masq:
-            self.masq.ensure(cfg.network, own.subnet)
+            await self._on_dataplane(self.masq.ensure, cfg.network, own.subnet)
 
         peers = peer_leases(own, leases, self.backend.name)
         self.metrics.peers.set(len(peers))

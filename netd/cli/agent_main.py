@@ -12,7 +12,7 @@ from pyroute2 import IPRoute
 
 from netd import __version__
 from netd.adapters.http import HealthServer
-from netd.adapters.netlink import enable_forwarding, find_underlay, make_backend
+from netd.adapters.netlink import Underlay, enable_forwarding, find_underlay, make_backend
 from netd.agent.agent import Agent, AgentOptions
 from netd.agent.metrics import AgentMetrics
 from netd.cli.common import add_etcd_flags, env_bool, env_default, make_registry, setup_logging
@@ -58,10 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, underlay: Underlay) -> int:
     registry = make_registry(args)
-    with IPRoute() as ipr:
-        underlay = find_underlay(ipr, args.iface, args.public_ip)
     log.info("netd %s: public IP %s on %s (MTU %d), etcd %s, prefix %s", __version__, underlay.address,
              underlay.ifname, underlay.mtu, args.etcd_endpoints, args.etcd_prefix)
     enable_forwarding()
@@ -101,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.log_level)
     try:
-        return asyncio.run(run(args))
+        with IPRoute() as ipr:  # before the asyncio loop starts: pyroute2's sync API needs that
+            underlay = find_underlay(ipr, args.iface, args.public_ip)
+        return asyncio.run(run(args, underlay))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

@@ -1,0 +1,335 @@
+"""Namespace hosts: ``Cluster(n)`` builds n hosts joined by an underlay, each able to run netd.
+
+Layout (all names carry a per-cluster tag, so clusters never collide and cleanup is exact):
+  * ``<tag>-u``: the underlay namespace, a Linux bridge ``br0`` at 10.250.0.254/24 (the hosts'
+    default gateway, standing in for "outside the cluster"); the cluster's etcd runs here;
+  * ``<tag>-hI``: host I, ``eth0`` at 10.250.0.(10+I)/24 with a default route via .254;
+  * ``<tag>-hIcJ``: container J on host I: ``eth0`` wired by veth to a bridge ``cni0`` in the
+    host, addressed from the host's subnet.env (what a CNI bridge plugin or docker would do).
+
+Nothing is created in the root namespace. ``close()`` kills every process and deletes every
+namespace even after a failed test. This is the interface scenario tests are written against;
+the Vagrant implementation (issue #4) will offer the same methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import ipaddress
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from integration.etcd import ETCDCTL, EtcdServer
+
+UNDERLAY = ipaddress.IPv4Network("10.250.0.0/24")
+GATEWAY = "10.250.0.254"
+HEALTHZ_PORT = 9180
+_counter = itertools.count(1)
+
+
+def sh(cmd: Sequence[str], check: bool = True, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+    return r  # type: ignore[no-any-return]
+
+
+def in_ns(ns: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *cmd]
+
+
+@contextlib.contextmanager
+def entered(ns: str) -> Iterator[None]:
+    """Run the body with this thread inside ``ns`` (sockets created there stay there)."""
+    from pyroute2 import netns as pnetns
+
+    pnetns.pushns(ns)
+    try:
+        yield
+    finally:
+        pnetns.popns()
+
+
+@dataclass
+class Container:
+    name: str  # namespace name
+    host: int
+    ip: ipaddress.IPv4Address
+
+
+@dataclass
+class Host:
+    index: int
+    ns: str
+    ip: str
+    workdir: str
+    subnet_file: str
+    proc: subprocess.Popen[bytes] | None = None
+    flags: list[str] = field(default_factory=list)
+    containers: list[Container] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.workdir, "netd.log")
+
+
+class Cluster:
+    """n namespace hosts on one underlay, with a real etcd on the underlay."""
+
+    def __init__(self, n: int, etcd: bool = True, etcd_prefix: str = "/coreos.com/network") -> None:
+        self.tag = f"nd{os.getpid() % 10000}x{next(_counter)}"
+        self.workdir = tempfile.mkdtemp(prefix=f"netd-{self.tag}-")
+        self.underlay_ns = f"{self.tag}-u"
+        self.etcd_prefix = etcd_prefix
+        self.hosts: list[Host] = []
+        self.etcd: EtcdServer | None = None
+        try:
+            self._build(n)
+            if etcd:
+                self.etcd = EtcdServer(
+                    "cluster", listen_ips=[GATEWAY], client_port=2379, peer_port=2380, netns=self.underlay_ns,
+                    data_dir=os.path.join(self.workdir, "etcd"),
+                )
+                os.makedirs(self.etcd.data_dir, exist_ok=True)
+                self.etcd.start()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- topology --------------------------------------------------------------------------
+    def _build(self, n: int) -> None:
+        u = self.underlay_ns
+        sh(["ip", "netns", "add", u])
+        sh(in_ns(u, "ip", "link", "set", "lo", "up"))
+        sh(in_ns(u, "ip", "link", "add", "br0", "type", "bridge"))
+        sh(in_ns(u, "ip", "addr", "add", f"{GATEWAY}/24", "dev", "br0"))
+        sh(in_ns(u, "ip", "link", "set", "br0", "up"))
+        for i in range(1, n + 1):
+            self._add_host(i)
+
+    def _add_host(self, i: int) -> Host:
+        ns = f"{self.tag}-h{i}"
+        ip = str(UNDERLAY.network_address + 10 + i)
+        workdir = os.path.join(self.workdir, f"h{i}")
+        os.makedirs(workdir, exist_ok=True)
+        sh(["ip", "netns", "add", ns])
+        sh(in_ns(ns, "ip", "link", "set", "lo", "up"))
+        sh(in_ns(ns, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", f"h{i}", "netns", self.underlay_ns))
+        sh(in_ns(ns, "ip", "addr", "add", f"{ip}/24", "dev", "eth0"))
+        sh(in_ns(ns, "ip", "link", "set", "eth0", "up"))
+        sh(in_ns(ns, "ip", "route", "add", "default", "via", GATEWAY))
+        sh(in_ns(self.underlay_ns, "ip", "link", "set", f"h{i}", "master", "br0", "up"))
+        host = Host(i, ns, ip, workdir, os.path.join(workdir, "subnet.env"))
+        self.hosts.append(host)
+        return host
+
+    def host(self, i: int) -> Host:
+        return self.hosts[i - 1]
+
+    @property
+    def etcd_endpoint(self) -> str:
+        assert self.etcd is not None
+        return self.etcd.endpoint
+
+    # -- running commands --------------------------------------------------------------------
+    def exec(self, i: int, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a command on host i."""
+        return sh(in_ns(self.host(i).ns, *cmd), check=check, timeout=timeout)
+
+    def netctl(self, i: int, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "netd.cli.netctl_main", f"--etcd-endpoints={self.etcd_endpoint}",
+               f"--etcd-prefix={self.etcd_prefix}", *args]
+        return self.exec(i, *cmd)
+
+    def etcdctl(self, *args: str) -> str:
+        assert self.etcd is not None
+        return self.etcd.etcdctl(*args)
+
+    def set_config(self, config: dict[str, object] | str) -> None:
+        raw = config if isinstance(config, str) else json.dumps(config)
+        self.etcdctl("put", f"{self.etcd_prefix}/config", raw)
+
+    # -- netd --------------------------------------------------------------------------------
+    def start_netd(self, i: int, *extra: str, resync: float = 1.0) -> Host:
+        h = self.host(i)
+        if h.proc is not None and h.proc.poll() is None:
+            raise RuntimeError(f"netd already runs on host {i}")
+        h.flags = [
+            f"--etcd-endpoints={self.etcd_endpoint}",
+            f"--etcd-prefix={self.etcd_prefix}",
+            "--iface=eth0",
+            f"--subnet-file={h.subnet_file}",
+            f"--healthz-port={HEALTHZ_PORT}",
+            f"--resync-interval={resync}",
+            "--log-level=debug",
+            *extra,
+        ]
+        logf = open(h.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        h.proc = subprocess.Popen(
+            in_ns(h.ns, sys.executable, "-m", "netd.cli.agent_main", *h.flags),
+            stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env,
+        )
+        logf.close()
+        return h
+
+    def stop_netd(self, i: int, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        h = self.host(i)
+        if h.proc is None:
+            return None
+        if h.proc.poll() is None:
+            h.proc.send_signal(sig)
+            try:
+                h.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                h.proc.kill()
+                h.proc.wait()
+        code, h.proc = h.proc.returncode, None
+        return code
+
+    def netd_pid(self, i: int) -> int | None:
+        p = self.host(i).proc
+        return p.pid if p is not None and p.poll() is None else None
+
+    def netd_log(self, i: int) -> str:
+        try:
+            with open(self.host(i).log_path, errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def http_get(self, i: int, path: str, timeout: float = 3) -> tuple[int, str]:
+        """GET from host i's healthz port (status, body)."""
+        h = self.host(i)
+        with entered(h.ns):
+            conn = http.client.HTTPConnection(h.ip, HEALTHZ_PORT, timeout=timeout)
+            conn.connect()
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    def readyz(self, i: int) -> tuple[bool, dict[str, object]]:
+        try:
+            status, body = self.http_get(i, "/readyz")
+        except OSError as exc:
+            return False, {"reason": f"healthz unreachable: {exc}"}
+        return status == 200, json.loads(body)
+
+    def wait_ready(self, *hosts: int, timeout: float = 30) -> None:
+        for i in hosts or range(1, len(self.hosts) + 1):
+            wait_for(lambda i=i: self.readyz(i)[0], timeout,
+                     lambda i=i: f"host {i} not ready: {self.readyz(i)[1]}\n{self.netd_log(i)[-3000:]}")
+
+    def subnet(self, i: int) -> ipaddress.IPv4Network | None:
+        from netd.core.subnetenv import previous_subnet
+
+        try:
+            with open(self.host(i).subnet_file) as fh:
+                return previous_subnet(fh.read())
+        except OSError:
+            return None
+
+    def routes(self, i: int, proto: int = 101) -> set[str]:
+        """Destinations of netd's routes on host i."""
+        out = self.exec(i, "ip", "-j", "route", "show", "proto", str(proto)).stdout
+        return {r["dst"] for r in json.loads(out or "[]")}
+
+    def route_details(self, i: int) -> list[dict[str, object]]:
+        return json.loads(self.exec(i, "ip", "-j", "route", "show", "proto", "101").stdout or "[]")
+
+    # -- containers ----------------------------------------------------------------------------
+    def add_container(self, i: int) -> Container:
+        """A namespace 'container' on host i, addressed from the host's subnet.env."""
+        h = self.host(i)
+        wait_for(lambda: self.subnet(i) is not None, 30, lambda: f"no subnet.env on host {i}")
+        subnet = self.subnet(i)
+        assert subnet is not None
+        env = {}
+        with open(h.subnet_file) as fh:
+            for line in fh:
+                k, _, v = line.strip().partition("=")
+                env[k] = v
+        mtu = env.get("FLANNEL_MTU", "1450")
+        gw = subnet.network_address + 1
+        if self.exec(i, "ip", "link", "show", "cni0", check=False).returncode != 0:
+            self.exec(i, "ip", "link", "add", "cni0", "type", "bridge")
+            self.exec(i, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", "cni0")
+            self.exec(i, "ip", "link", "set", "cni0", "mtu", mtu, "up")
+        j = len(h.containers) + 1
+        name = f"{h.ns}c{j}"
+        ip = subnet.network_address + 10 + j
+        sh(["ip", "netns", "add", name])
+        sh(in_ns(name, "ip", "link", "set", "lo", "up"))
+        self.exec(i, "ip", "link", "add", f"ve{j}", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
+                  "netns", name)
+        self.exec(i, "ip", "link", "set", f"ve{j}", "master", "cni0", "up")
+        sh(in_ns(name, "ip", "link", "set", "eth0", "mtu", mtu, "up"))
+        sh(in_ns(name, "ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", "eth0"))
+        sh(in_ns(name, "ip", "route", "add", "default", "via", str(gw)))
+        c = Container(name, i, ip)
+        h.containers.append(c)
+        return c
+
+    def ping(self, src: Container, dst: ipaddress.IPv4Address | str, count: int = 1,
+             interval: float = 0.2, deadline: float = 5) -> subprocess.CompletedProcess[str]:
+        return sh(in_ns(src.name, "ping", "-n", "-c", str(count), "-i", str(interval), "-w", str(deadline),
+                        str(dst)), check=False, timeout=deadline + 10)
+
+    def can_ping(self, src: Container, dst: ipaddress.IPv4Address | str) -> bool:
+        return self.ping(src, dst, count=1, deadline=2).returncode == 0
+
+    # -- teardown --------------------------------------------------------------------------------
+    def close(self) -> None:
+        for h in self.hosts:
+            with contextlib.suppress(Exception):
+                self.stop_netd(h.index, signal.SIGKILL)
+        if self.etcd is not None:
+            self.etcd.kill()
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(f"{self.tag}-"):
+                subprocess.run(["ip", "netns", "pids", name], capture_output=True)
+                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        if os.environ.get("NETD_KEEP_LOGS"):
+            print(f"cluster logs kept in {self.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_for(cond: object, timeout: float, message: object = "condition", interval: float = 0.1) -> None:
+    """Poll ``cond()`` until true or fail with ``message`` (a string or a callable giving one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if cond():  # type: ignore[operator]
+            return
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s: {text}")
+        time.sleep(interval)
+
+
+__all__ = ["Cluster", "Container", "ETCDCTL", "Host", "wait_for"]
