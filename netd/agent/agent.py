@@ -27,17 +27,15 @@ from netd.adapters.files import read_text, write_atomic
 from netd.adapters.masq import NftMasquerade
 from netd.adapters.netlink import Backend
 from netd.adapters.registry import Registry, Snapshot
+from netd.agent.leases import SubnetLeaser
 from netd.agent.metrics import AgentMetrics
-from netd.core.allocate import ChoiceKind, choose_subnet
 from netd.core.dataplane import desired_state, peer_leases, plan_dataplane
 from netd.core.subnetenv import previous_subnet, render_subnet_env
-from netd.errors import CompactedError, ConfigError, ConflictError, NetdError, RegistryUnavailable
+from netd.errors import CompactedError, ConfigError, NetdError, RegistryUnavailable
 from netd.model import Lease, LeaseAttrs, NetworkConfig, parse_network_config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-MAX_ACQUIRE_ATTEMPTS = 50
 
 
 @dataclass
@@ -73,6 +71,7 @@ class Agent:
         self.metrics = metrics or AgentMetrics()
         self.masq = masq if masq is not None else (NftMasquerade() if options.ip_masq else None)
         self.rng = rng or random.Random()
+        self.leaser = SubnetLeaser(registry, options.public_ip, options.lease_ttl, self.rng, self.metrics)
         self.cfg: NetworkConfig | None = None
         self.backend: Backend | None = None
         self.lease: Lease | None = None
@@ -257,7 +256,7 @@ class Agent:
             current = snap.find(self.lease.subnet)
             if current is not None and current.attrs.public_ip == self.opts.public_ip:
                 if current.attrs != attrs:
-                    current = await self._update(current, attrs, None)
+                    current = await self.leaser.update(current, attrs, None)
                 self.lease = current
                 return current
             held_by = "nobody" if current is None else f"{current.attrs.public_ip}"
@@ -268,7 +267,7 @@ class Agent:
             previous = self.lease.subnet
         else:
             previous = previous_subnet(read_text(self.opts.subnet_file))
-        lease = await self.acquire(cfg, snap, attrs, previous)
+        lease = await self.leaser.acquire(cfg, snap, attrs, previous)
         if self.lease is not None and lease.subnet != self.lease.subnet:
             log.warning("subnet changed from %s to %s: containers on the old subnet lose connectivity",
                         self.lease.subnet, lease.subnet)
@@ -278,46 +277,9 @@ class Agent:
         self.metrics.lease_info.labels(str(lease.subnet), str(lease.attrs.public_ip), lease.attrs.backend_type).set(1)
         return lease
 
-    async def _update(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
-        log.info("updating lease %s attributes to %s", current.subnet, attrs.to_json().decode())
-        return await self.registry.update_subnet(current, attrs, ttl)
-
     async def _revoke_quietly(self, lease_id: int) -> None:
         with contextlib.suppress(Exception):
             await self.registry.revoke(lease_id)
-
-    async def acquire(
-        self, cfg: NetworkConfig, snap: Snapshot, attrs: LeaseAttrs, previous: ipaddress.IPv4Network | None
-    ) -> Lease:
-        """Take a subnet; a lost race retries with the fresh list the conflict carried."""
-        for attempt in range(MAX_ACQUIRE_ATTEMPTS):
-            choice = choose_subnet(cfg, snap.leases, self.opts.public_ip, previous, self.rng)
-            try:
-                lease = await self._take(choice.kind, choice.subnet, choice.existing, attrs)
-            except ConflictError as exc:
-                self.metrics.conflicts.inc()
-                log.debug("lost the race for %s (attempt %d): %s", choice.subnet, attempt + 1, exc)
-                snap = exc.current if isinstance(exc.current, Snapshot) else await self.registry.list_subnets()
-                await asyncio.sleep(self.rng.uniform(0, 0.01 * min(attempt + 1, 10)))
-                continue
-            self.metrics.acquisitions.labels(choice.kind.value).inc()
-            log.info("acquired subnet %s (%s) for %s, %s", lease.subnet, choice.kind.value,
-                     self.opts.public_ip, "reservation" if lease.is_reservation else f"lease {lease.lease_id:x}")
-            return lease
-        raise NetdError(f"could not acquire a subnet: lost {MAX_ACQUIRE_ATTEMPTS} races in a row")
-
-    async def _take(
-        self, kind: ChoiceKind, subnet: ipaddress.IPv4Network, existing: Lease | None, attrs: LeaseAttrs
-    ) -> Lease:
-        if existing is not None and kind is ChoiceKind.RESERVATION:
-            return existing if existing.attrs == attrs else await self._update(existing, attrs, None)
-        if existing is not None and kind is ChoiceKind.REUSE:
-            # Adopt the etcd lease our previous run held: no write at all if nothing changed,
-            # so peers see no event across a restart.
-            if await self.registry.keepalive(existing.lease_id) > 0:
-                return existing if existing.attrs == attrs else await self._update(existing, attrs, None)
-            return await self._update(existing, attrs, self.opts.lease_ttl)
-        return await self.registry.create_subnet(subnet, attrs, self.opts.lease_ttl)
 
     async def _keepalive_loop(self) -> None:
         interval = max(0.5, min(self.opts.lease_ttl / 3, 60.0))

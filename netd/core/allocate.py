@@ -15,7 +15,7 @@ import ipaddress
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from netd.errors import NoFreeSubnetError
 from netd.model import Lease, NetworkConfig
@@ -23,7 +23,7 @@ from netd.model import Lease, NetworkConfig
 RANDOM_WINDOW = 100
 
 
-class ChoiceKind(str, Enum):
+class ChoiceKind(StrEnum):
     RESERVATION = "reservation"  # an operator reserved a subnet for our PublicIP
     REUSE = "reuse"  # a lease with our PublicIP already exists
     PREVIOUS = "previous"  # our previous subnet is free again

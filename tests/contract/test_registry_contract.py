@@ -1,0 +1,216 @@
+"""One contract, two registries: MemoryRegistry and EtcdRegistry on a real etcd.
+
+Every case runs against both; a fake that drifts from etcd's semantics fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from netd.adapters.etcd import EtcdRegistry
+from netd.adapters.memory import MemoryRegistry
+from netd.errors import CompactedError, ConflictError
+from netd.model import LeaseAttrs
+
+NET = ipaddress.IPv4Network("10.5.7.0/24")
+ATTRS = LeaseAttrs(ipaddress.IPv4Address("192.0.2.1"), "vxlan", {"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})
+OTHER = LeaseAttrs(ipaddress.IPv4Address("192.0.2.2"), "vxlan", {"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"})
+
+
+@dataclass
+class Subject:
+    make: Callable[[], object]
+    compact: Callable[[object, int], None]
+
+
+def _compact_memory(reg: object, revision: int) -> None:
+    assert isinstance(reg, MemoryRegistry)
+    reg.compact(revision)
+
+
+@pytest.fixture(params=["memory", "etcd"])
+def subject(request, unique_prefix):
+    if request.param == "memory":
+        return Subject(MemoryRegistry, _compact_memory)
+    server = request.getfixturevalue("etcd_server")
+
+    def compact(_: object, revision: int) -> None:
+        server.etcdctl("compact", str(revision))
+
+    return Subject(lambda: EtcdRegistry(server.endpoint, prefix=unique_prefix), compact)
+
+
+def run(subject: Subject, body: Callable[[object], Awaitable[None]]) -> None:
+    async def main() -> None:
+        reg = subject.make()
+        try:
+            await body(reg)
+        finally:
+            await reg.close()  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+
+
+def test_config_round_trip(subject):
+    async def body(reg):
+        assert await reg.get_config() is None
+        await reg.put_config(b'{"Network":"10.5.0.0/16"}')
+        assert await reg.get_config() == b'{"Network":"10.5.0.0/16"}'
+
+    run(subject, body)
+
+
+def test_create_is_create_if_absent_and_conflict_carries_fresh_list(subject):
+    async def body(reg):
+        lease = await reg.create_subnet(NET, ATTRS, 60)
+        assert lease.subnet == NET and lease.attrs == ATTRS and lease.lease_id != 0
+        with pytest.raises(ConflictError) as err:
+            await reg.create_subnet(NET, OTHER, 60)
+        snap = err.value.current
+        assert snap is not None and snap.find(NET) is not None
+        assert snap.find(NET).attrs.public_ip == ATTRS.public_ip
+        listed = await reg.list_subnets()
+        assert [x.attrs for x in listed.leases] == [ATTRS]
+
+    run(subject, body)
+
+
+def test_reservation_has_no_lease(subject):
+    async def body(reg):
+        lease = await reg.create_subnet(NET, ATTRS, 0)
+        assert lease.is_reservation
+        assert (await reg.list_subnets()).find(NET).is_reservation
+
+    run(subject, body)
+
+
+def test_update_is_compare_and_swap_on_mod_revision(subject):
+    async def body(reg):
+        first = await reg.create_subnet(NET, ATTRS, 60)
+        second = await reg.update_subnet(first, OTHER, None)
+        assert second.mod_revision > first.mod_revision
+        assert second.lease_id == first.lease_id  # ttl=None keeps the lease
+        with pytest.raises(ConflictError, match="expected mod_revision"):
+            await reg.update_subnet(first, ATTRS, None)  # stale: never overwrites
+        assert (await reg.list_subnets()).find(NET).attrs == OTHER
+        third = await reg.update_subnet(second, ATTRS, 60)
+        assert third.lease_id not in (0, first.lease_id)
+
+    run(subject, body)
+
+
+def test_update_of_a_vanished_key_conflicts(subject):
+    async def body(reg):
+        lease = await reg.create_subnet(NET, ATTRS, 60)
+        assert await reg.delete_subnet(NET)
+        assert not await reg.delete_subnet(NET)
+        with pytest.raises(ConflictError):
+            await reg.update_subnet(lease, ATTRS, None)
+        assert (await reg.list_subnets()).leases == ()
+
+    run(subject, body)
+
+
+def test_keepalive_and_ttl(subject):
+    async def body(reg):
+        lease = await reg.create_subnet(NET, ATTRS, 30)
+        assert 0 < await reg.keepalive(lease.lease_id) <= 30
+        assert 0 < await reg.time_to_live(lease.lease_id) <= 30
+        assert await reg.keepalive(0x7777) == 0
+        assert await reg.time_to_live(0x7777) == 0
+
+    run(subject, body)
+
+
+def test_revoke_and_expiry_delete_the_key(subject):
+    async def body(reg):
+        a = await reg.create_subnet(NET, ATTRS, 60)
+        b = await reg.create_subnet(ipaddress.IPv4Network("10.5.8.0/24"), OTHER, 1)
+        await reg.revoke(a.lease_id)
+        assert (await reg.list_subnets()).find(NET) is None
+        for _ in range(60):
+            if (await reg.list_subnets()).find(b.subnet) is None:
+                break
+            await asyncio.sleep(0.1)
+        assert (await reg.list_subnets()).find(b.subnet) is None, "a 1 s lease outlived 6 s"
+        assert await reg.keepalive(b.lease_id) == 0
+
+    run(subject, body)
+
+
+def test_watch_replays_from_a_revision_and_reports_deletes(subject):
+    async def body(reg):
+        start = (await reg.list_subnets()).revision
+        lease = await reg.create_subnet(NET, ATTRS, 60)
+        await reg.update_subnet(lease, OTHER, None)
+        await reg.delete_subnet(NET)
+        seen = []
+
+        async def collect():
+            async for events in reg.watch_subnets(start + 1):
+                seen.extend(events)
+                if len(seen) >= 3:
+                    return
+
+        await asyncio.wait_for(collect(), 10)
+        assert [(e.deleted, e.lease.attrs if e.lease else None) for e in seen] == [
+            (False, ATTRS), (False, OTHER), (True, None)]
+        assert all(e.subnet == NET for e in seen)
+        assert seen[0].revision < seen[1].revision < seen[2].revision
+
+    run(subject, body)
+
+
+def test_watch_from_a_compacted_revision_raises_compacted(subject):
+    async def body(reg):
+        start = (await reg.list_subnets()).revision
+        lease = await reg.create_subnet(NET, ATTRS, 60)
+        await reg.update_subnet(lease, OTHER, None)
+        latest = (await reg.list_subnets()).revision
+        subject.compact(reg, latest)
+
+        async def first_batch():
+            async for _ in reg.watch_subnets(start + 1):
+                return
+
+        with pytest.raises(CompactedError):
+            await asyncio.wait_for(first_batch(), 10)
+
+    run(subject, body)
+
+
+def test_many_racing_creates_of_one_subnet_have_one_winner(subject):
+    async def body(reg):
+        async def attempt(i):
+            attrs = LeaseAttrs(ipaddress.IPv4Address(f"192.0.2.{i + 1}"), "vxlan", {})
+            try:
+                await reg.create_subnet(NET, attrs, 60)
+                return True
+            except ConflictError:
+                return False
+
+        results = await asyncio.gather(*(attempt(i) for i in range(20)))
+        assert results.count(True) == 1
+
+    run(subject, body)
+
+
+def test_etcd_reports_unparseable_keys(etcd_server, unique_prefix):
+    etcd_server.etcdctl("put", f"{unique_prefix}/subnets/10.5.9.0-24", "not json")
+    etcd_server.etcdctl("put", f"{unique_prefix}/subnets/garbage", '{"PublicIP":"192.0.2.9"}')
+
+    async def main():
+        reg = EtcdRegistry(etcd_server.endpoint, prefix=unique_prefix)
+        try:
+            snap = await reg.list_subnets()
+        finally:
+            await reg.close()
+        assert snap.leases == ()
+        assert len(snap.invalid) == 2 and any("not valid JSON" in x for x in snap.invalid)
+
+    asyncio.run(main())

@@ -1,0 +1,68 @@
+"""flannel's config rules, table-driven."""
+
+import ipaddress
+
+import pytest
+
+from netd.errors import ConfigError
+from netd.model import parse_network_config
+
+ok_cases = [
+    # raw, (subnet_len, subnet_min, subnet_max, backend, port, vni)
+    ('{"Network":"10.5.0.0/16"}', (24, "10.5.1.0", "10.5.255.0", "udp", 8285, 0)),
+    ('{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}', (24, "10.5.1.0", "10.5.255.0", "vxlan", 8472, 1)),
+    ('{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":42,"Port":4789}}',
+     (24, "10.5.1.0", "10.5.255.0", "vxlan", 4789, 42)),
+    ('{"Network":"10.0.0.0/8","SubnetLen":20,"Backend":{"Type":"host-gw"}}',
+     (20, "10.0.16.0", "10.255.240.0", "host-gw", 0, 0)),
+    ('{"Network":"10.5.0.0/23"}', (25, "10.5.0.128", "10.5.1.128", "udp", 8285, 0)),
+    ('{"Network":"10.5.0.0/28"}', (30, "10.5.0.4", "10.5.0.12", "udp", 8285, 0)),
+    ('{"Network":"10.5.0.0/16","SubnetMin":"10.5.10.0","SubnetMax":"10.5.20.0"}',
+     (24, "10.5.10.0", "10.5.20.0", "udp", 8285, 0)),
+]
+
+
+@pytest.mark.parametrize("raw,expected", ok_cases)
+def test_valid_configs_get_flannels_defaults(raw, expected):
+    cfg = parse_network_config(raw)
+    got = (cfg.subnet_len, str(cfg.subnet_min), str(cfg.subnet_max), cfg.backend.type, cfg.backend.port,
+           cfg.backend.vni)
+    assert got == expected
+
+
+bad_cases = [
+    ("not json", "not valid JSON"),
+    ('["a"]', "expected a JSON object"),
+    ("{}", "Network: missing"),
+    ('{"Network":"10.5.0.0/33"}', "Network: expected an IPv4 CIDR"),
+    ('{"Network":"banana"}', "Network: expected an IPv4 CIDR"),
+    ('{"Network":"10.5.0.0/29"}', "Network: 10.5.0.0/29 is too small"),
+    ('{"Network":"10.5.0.0/16","SubnetLen":17}', "SubnetLen: 17 leaves fewer than four subnets"),
+    ('{"Network":"10.5.0.0/16","SubnetLen":31}', "SubnetLen: expected at most 30"),
+    ('{"Network":"10.5.0.0/16","SubnetLen":"24"}', "SubnetLen: expected an integer"),
+    ('{"Network":"10.5.0.0/16","SubnetMin":"10.6.0.0"}', "SubnetMin: 10.6.0.0 is not in the Network"),
+    ('{"Network":"10.5.0.0/16","SubnetMax":"10.5.3.7"}', "SubnetMax: 10.5.3.7 is not on a /24 boundary"),
+    ('{"Network":"10.5.0.0/16","SubnetMin":"10.5.9.0","SubnetMax":"10.5.3.0"}', "is above SubnetMax"),
+    ('{"Network":"10.5.0.0/16","Backend":{"Type":"gre"}}', "Backend.Type: unknown backend type 'gre'"),
+    ('{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":0}}', "Backend.VNI: expected a VNI"),
+    ('{"Network":"10.5.0.0/16","Backend":{"Type":"udp","Port":70000}}', "Backend.Port: expected a port"),
+    ('{"Network":"10.5.0.0/16","Backend":"vxlan"}', "Backend: expected an object"),
+]
+
+
+@pytest.mark.parametrize("raw,message", bad_cases)
+def test_invalid_configs_name_the_field(raw, message):
+    with pytest.raises(ConfigError) as err:
+        parse_network_config(raw, source="/coreos.com/network/config")
+    assert message in str(err.value)
+    assert str(err.value).startswith("/coreos.com/network/config: ")
+
+
+def test_to_json_round_trips():
+    cfg = parse_network_config('{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}')
+    import json
+
+    again = parse_network_config(json.dumps(cfg.to_json()))
+    assert again == cfg
+    assert cfg.subnet_count == 255
+    assert cfg.network == ipaddress.IPv4Network("10.5.0.0/16")

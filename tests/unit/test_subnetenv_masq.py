@@ -1,0 +1,30 @@
+import ipaddress
+
+from netd.core.masq import render_masq_ruleset, ruleset_digest
+from netd.core.subnetenv import parse_subnet_env, previous_subnet, render_subnet_env
+
+NET = ipaddress.IPv4Network("10.5.0.0/16")
+SUB = ipaddress.IPv4Network("10.5.52.0/24")
+
+
+def test_subnet_env_is_flannels_format():
+    text = render_subnet_env(NET, SUB, 1450, True)
+    assert text == ("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\n"
+                    "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+    assert parse_subnet_env(text)["FLANNEL_MTU"] == "1450"
+    assert previous_subnet(text) == SUB
+
+
+def test_previous_subnet_of_garbage_is_none():
+    assert previous_subnet("") is None
+    assert previous_subnet("FLANNEL_SUBNET=nonsense\n") is None
+
+
+def test_masq_rules_have_flannels_meaning_and_a_stable_digest():
+    script = render_masq_ruleset(NET, SUB)
+    assert "ip saddr 10.5.0.0/16 ip daddr 10.5.0.0/16 return" in script
+    assert "ip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade" in script
+    assert "ip saddr != 10.5.0.0/16 ip daddr 10.5.52.0/24 return" in script
+    assert "ip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 masquerade" in script
+    assert ruleset_digest(script) == ruleset_digest(render_masq_ruleset(NET, SUB))
+    assert ruleset_digest(script) != ruleset_digest(render_masq_ruleset(NET, ipaddress.IPv4Network("10.5.53.0/24")))
