@@ -139,6 +139,9 @@ class EtcdRegistry:
         self._index = 0
         self._client: _Client | None = None
         self._trips = 0
+        # A lease granted for a create that lost its race, kept for the next create with the
+        # same TTL: a lost race then costs one transaction, not grant + txn + revoke.
+        self._spare: tuple[int, int] | None = None  # (ttl, lease id)
 
     # -- connection ----------------------------------------------------------------------
     def _get_client(self) -> _Client:
@@ -243,12 +246,22 @@ class EtcdRegistry:
 
     async def create_subnet(self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
         key = self._key(subnet)
-        lease_id = await self._grant(ttl) if ttl > 0 else 0
+        lease_id = 0
+        if ttl > 0:
+            spare, self._spare = self._spare, None
+            lease_id = spare[1] if spare is not None and spare[0] == ttl else await self._grant(ttl)
+            if spare is not None and spare[0] != ttl:
+                asyncio.get_running_loop().create_task(self._revoke_quietly(spare[1]))
         compare = atx.Version(key) == 0
-        ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "create subnet")
+        try:
+            ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "create subnet")
+        except RegistryUnavailable:
+            if lease_id:
+                self._spare = (ttl, lease_id)
+            raise
         if not ok:
             if lease_id:
-                asyncio.get_running_loop().create_task(self._revoke_quietly(lease_id))
+                self._spare = (ttl, lease_id)
             raise ConflictError(f"subnet {subnet} is already held", current=self._conflict_snapshot(responses))
         return self._lease_from_kv(responses[1][0][1])
 
@@ -333,6 +346,9 @@ class EtcdRegistry:
                 pass
 
     async def close(self) -> None:
+        if self._spare is not None:
+            spare, self._spare = self._spare, None
+            await self._revoke_quietly(spare[1])
         if self._client is not None:
             client, self._client = self._client, None
             await self._close_quietly(client)

@@ -1,0 +1,39 @@
+"""Fixtures for scenario tests on namespace hosts (root, etcd, iproute2, nft)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from integration.cluster import Cluster  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _require(ok: bool, reason: str) -> None:
+    if not ok:
+        if IN_CI:
+            pytest.fail(f"prerequisite missing in CI: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def make_cluster():
+    _require(os.geteuid() == 0, "namespace hosts need root")
+    for tool in ("ip", "etcd", "etcdctl", "ping", "nft"):
+        _require(shutil.which(tool) is not None, f"{tool} not installed")
+    made: list[Cluster] = []
+
+    def make(n: int = 3) -> Cluster:
+        c = Cluster(n)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
