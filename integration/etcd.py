@@ -48,11 +48,15 @@ class EtcdServer:
         election_timeout_ms: int = 100,
         heartbeat_ms: int = 10,
         netns: str | None = None,
+        tls: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         #: Run etcd inside this network namespace (namespace clusters put it on the underlay).
         self.netns = netns
         self._wrap = ["ip", "netns", "exec", netns] if netns else []
+        #: {"ca":..., "cert":..., "key":...}: serve clients over TLS and require client certs.
+        self.tls = tls
+        self.scheme = "https" if tls else "http"
         self.listen_ips = list(listen_ips)
         self.client_port = client_port or free_port()
         self.peer_port = peer_port or free_port()
@@ -68,13 +72,14 @@ class EtcdServer:
     @property
     def endpoint(self) -> str:
         """The first client URL (loopback for the root-namespace fixtures)."""
-        return f"http://{self.listen_ips[0]}:{self.client_port}"
-
-    def endpoint_on(self, ip: str) -> str:
-        return f"http://{ip}:{self.client_port}"
+        return f"{self.scheme}://{self.listen_ips[0]}:{self.client_port}"
 
     def start(self, wait: bool = True) -> EtcdServer:
-        urls = ",".join(f"http://{ip}:{self.client_port}" for ip in self.listen_ips)
+        urls = ",".join(f"{self.scheme}://{ip}:{self.client_port}" for ip in self.listen_ips)
+        tls_flags = []
+        if self.tls:
+            tls_flags = [f"--cert-file={self.tls['cert']}", f"--key-file={self.tls['key']}",
+                         f"--trusted-ca-file={self.tls['ca']}", "--client-cert-auth"]
         cmd = [
             *self._wrap,
             ETCD,
@@ -92,6 +97,7 @@ class EtcdServer:
             "--logger=zap",
             "--log-outputs=stderr",
             "--log-level=warn",
+            *tls_flags,
         ]
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(cmd, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
@@ -106,7 +112,8 @@ class EtcdServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"etcd {self.name} exited with {self.proc.returncode}; log: {self.log_tail()}")
             r = subprocess.run(
-                [*self._wrap, ETCDCTL, f"--endpoints={self.endpoint}", "--command-timeout=1s", "endpoint", "health"],
+                [*self._wrap, ETCDCTL, *self._ctl_tls(), f"--endpoints={self.endpoint}", "--command-timeout=1s",
+                 "endpoint", "health"],
                 capture_output=True,
                 env={**os.environ, "ETCDCTL_API": "3"},
             )
@@ -114,6 +121,11 @@ class EtcdServer:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"etcd {self.name} not healthy after {timeout}s; log: {self.log_tail()}")
+
+    def _ctl_tls(self) -> list[str]:
+        if not self.tls:
+            return []
+        return [f"--cacert={self.tls['ca']}", f"--cert={self.tls['client_cert']}", f"--key={self.tls['client_key']}"]
 
     def log_tail(self, n: int = 2000) -> str:
         try:
@@ -140,7 +152,7 @@ class EtcdServer:
 
     def etcdctl(self, *args: str) -> str:
         r = subprocess.run(
-            [*self._wrap, ETCDCTL, f"--endpoints={self.endpoint}", *args],
+            [*self._wrap, ETCDCTL, *self._ctl_tls(), f"--endpoints={self.endpoint}", *args],
             capture_output=True,
             text=True,
             env={**os.environ, "ETCDCTL_API": "3"},
@@ -204,6 +216,26 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def make_test_pki(directory: str, ip: str = "127.0.0.1") -> dict[str, str]:
+    """A throw-away CA, a server cert for ``ip`` and a client cert (openssl), for TLS tests."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=netd-test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    ext = os.path.join(directory, "server.ext")
+    with open(ext, "w") as fh:
+        fh.write(f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for name, cn in (("server", "etcd"), ("client", "netd")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", ext, "-out", f"{name}.crt")
+    p = lambda n: os.path.join(directory, n)  # noqa: E731
+    return {"ca": p("ca.crt"), "cert": p("server.crt"), "key": p("server.key"),
+            "client_cert": p("client.crt"), "client_key": p("client.key")}
 
 
 @contextlib.contextmanager

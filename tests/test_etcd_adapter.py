@@ -1,0 +1,96 @@
+"""EtcdRegistry beyond the contract: TLS, flag validation, failover across a 3-member cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import subprocess
+import sys
+
+import pytest
+
+from integration.etcd import EtcdServer, make_test_pki
+from netd.adapters.etcd import EtcdRegistry, EtcdTLS, parse_endpoints
+from netd.errors import ConfigError, RegistryUnavailable
+from netd.model import LeaseAttrs
+
+ATTRS = LeaseAttrs(ipaddress.IPv4Address("192.0.2.1"), "vxlan", {})
+
+
+@pytest.mark.parametrize(
+    "tls,message",
+    [
+        (EtcdTLS(cafile="/ca.pem"), "--etcd-cafile: --etcd-cafile was given without --etcd-certfile"),
+        (EtcdTLS(cafile="/ca.pem", certfile="/c.pem"), "--etcd-certfile and --etcd-keyfile must be given together"),
+        (EtcdTLS(keyfile="/k.pem"), "must be given together"),
+    ],
+)
+def test_incomplete_tls_flags_are_refused(tls, message):
+    with pytest.raises(ConfigError, match=message):
+        EtcdRegistry("http://127.0.0.1:2379", tls=tls)
+
+
+def test_cli_refuses_ca_without_client_cert():
+    r = subprocess.run([sys.executable, "-m", "netd.cli.netctl_main", "--etcd-cafile=/etc/ssl/certs/x.pem",
+                        "leases"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "refusing to fall back to an unauthenticated connection" in r.stderr
+
+
+def test_endpoint_parsing():
+    assert parse_endpoints("http://10.0.0.1:2379, https://etcd.example:4001") == [
+        ("10.0.0.1", 2379, False), ("etcd.example", 4001, True)]
+    assert parse_endpoints("127.0.0.1") == [("127.0.0.1", 2379, False)]
+    with pytest.raises(ConfigError, match="--etcd-endpoints"):
+        parse_endpoints("ftp://x:1")
+
+
+def test_tls_etcd_with_client_certificates(tmp_path, unique_prefix):
+    pki = make_test_pki(str(tmp_path))
+    with EtcdServer("tls", tls=pki) as server:
+        assert server.endpoint.startswith("https://")
+
+        async def main() -> None:
+            good = EtcdRegistry(server.endpoint, prefix=unique_prefix,
+                                tls=EtcdTLS(pki["ca"], pki["client_cert"], pki["client_key"]))
+            try:
+                await good.put_config(b'{"Network":"10.5.0.0/16"}')
+                lease = await good.create_subnet(ipaddress.IPv4Network("10.5.1.0/24"), ATTRS, 60)
+                assert lease.lease_id
+            finally:
+                await good.close()
+            plain = EtcdRegistry(server.endpoint.replace("https", "http"), prefix=unique_prefix, timeout=2)
+            try:
+                with pytest.raises(RegistryUnavailable):
+                    await plain.get_config()
+            finally:
+                await plain.close()
+
+        asyncio.run(main())
+
+
+def test_failover_when_the_leader_of_a_3_member_cluster_dies(etcd_cluster3, unique_prefix):
+    leader = etcd_cluster3.leader()
+    # put the leader first so the client is connected to it when it dies
+    endpoints = [leader.endpoint] + [m.endpoint for m in etcd_cluster3.members if m is not leader]
+
+    async def main() -> None:
+        reg = EtcdRegistry(endpoints, prefix=unique_prefix, timeout=2)
+        try:
+            first = await reg.create_subnet(ipaddress.IPv4Network("10.5.1.0/24"), ATTRS, 60)
+            leader.kill()
+            created = None
+            for _ in range(40):  # the agent's loops retry the same way
+                try:
+                    created = await reg.create_subnet(ipaddress.IPv4Network("10.5.2.0/24"), ATTRS, 60)
+                    break
+                except RegistryUnavailable:
+                    await asyncio.sleep(0.1)
+            assert created is not None, "no write succeeded after the leader died"
+            assert await reg.keepalive(first.lease_id) > 0
+            assert {x.subnet for x in (await reg.list_subnets()).leases} == {first.subnet, created.subnet}
+            assert reg.endpoint != leader.endpoint.split("//")[1]
+        finally:
+            await reg.close()
+
+    asyncio.run(main())
