@@ -247,6 +247,15 @@ class Cluster:
         out = self.exec(i, "ip", "-j", "route", "show", "proto", str(proto)).stdout
         return {r["dst"] for r in json.loads(out or "[]")}
 
+    def peer_subnets(self, i: int) -> set[str]:
+        return {str(self.subnet(j)) for j in range(1, len(self.hosts) + 1) if j != i}
+
+    def wait_mesh(self, timeout: float = 15) -> None:
+        """Until every host's netd routes name exactly the other hosts' subnets."""
+        for i in range(1, len(self.hosts) + 1):
+            wait_for(lambda i=i: self.routes(i) == self.peer_subnets(i), timeout,
+                     lambda i=i: f"host {i} routes {self.routes(i)} != peers {self.peer_subnets(i)}")
+
     def route_details(self, i: int) -> list[dict[str, object]]:
         return json.loads(self.exec(i, "ip", "-j", "route", "show", "proto", "101").stdout or "[]")
 

@@ -25,16 +25,6 @@ def start(cluster: Cluster, config: dict, *extra: str, hosts: tuple[int, ...] | 
     cluster.wait_ready(*(hosts or ()))
 
 
-def peer_subnets(cluster: Cluster, i: int) -> set[str]:
-    return {str(cluster.subnet(j)) for j in range(1, len(cluster.hosts) + 1) if j != i}
-
-
-def wait_routes_exact(cluster: Cluster, timeout: float = 15) -> None:
-    for i in range(1, len(cluster.hosts) + 1):
-        wait_for(lambda i=i: cluster.routes(i) == peer_subnets(cluster, i), timeout,
-                 lambda i=i: f"host {i} routes {cluster.routes(i)} != peers {peer_subnets(cluster, i)}")
-
-
 @pytest.mark.vm
 @pytest.mark.parametrize("backend", ["vxlan", "host-gw"])
 def test_three_hosts_reach_every_other_hosts_containers(make_cluster, backend):
@@ -42,7 +32,7 @@ def test_three_hosts_reach_every_other_hosts_containers(make_cluster, backend):
     start(c, {"Network": "10.5.0.0/16", "Backend": {"Type": backend}})
     subnets = {c.subnet(i) for i in (1, 2, 3)}
     assert len(subnets) == 3
-    wait_routes_exact(c)
+    c.wait_mesh()
     containers = [c.add_container(i) for i in (1, 2, 3)]
     for src in containers:
         for dst in containers:
@@ -63,7 +53,7 @@ def test_three_hosts_reach_every_other_hosts_containers(make_cluster, backend):
 def test_sigkill_and_restart_keeps_subnet_and_leaves_peers_untouched(make_cluster):
     c = make_cluster(3)
     start(c, VXLAN)
-    wait_routes_exact(c)
+    c.wait_mesh()
     before_subnet = c.subnet(2)
     key = f"{c.etcd_prefix}/subnets/{before_subnet.network_address}-{before_subnet.prefixlen}"
     before_rev = json.loads(c.etcdctl("get", key, "-w", "json"))["kvs"][0]["mod_revision"]
@@ -100,7 +90,7 @@ def test_operator_deletes_subnet_key_and_host_reacquires_without_restart(make_cl
 def test_etcd_outage_of_30s_loses_no_ping_and_restarts_nothing(make_cluster):
     c = make_cluster(3)
     start(c, VXLAN)
-    wait_routes_exact(c)
+    c.wait_mesh()
     a, b = c.add_container(1), c.add_container(3)
     assert c.can_ping(a, b.ip)
     pids = [c.netd_pid(i) for i in (1, 2, 3)]
@@ -136,7 +126,7 @@ def test_host_that_goes_away_is_dropped_by_peers(make_cluster):
         c.start_netd(i)
     c.start_netd(3, "--subnet-lease-ttl=3s")
     c.wait_ready()
-    wait_routes_exact(c)
+    c.wait_mesh()
     gone = str(c.subnet(3))
     c.stop_netd(3, signal.SIGKILL)
     t0 = time.monotonic()
@@ -160,7 +150,7 @@ def test_host_that_goes_away_is_dropped_by_peers(make_cluster):
 def test_bad_config_is_reported_keeps_routes_and_recovers(make_cluster, bad, reason):
     c = make_cluster(2)
     start(c, VXLAN)
-    wait_routes_exact(c)
+    c.wait_mesh()
     routes = {i: c.route_details(i) for i in (1, 2)}
     a, b = c.add_container(1), c.add_container(2)
     c.set_config(bad)
@@ -192,7 +182,7 @@ def test_fresh_host_with_bad_config_waits_and_starts_when_fixed(make_cluster):
 def test_reconcile_repairs_deleted_routes_and_removes_stale_ones(make_cluster):
     c = make_cluster(2)
     start(c, VXLAN)
-    wait_routes_exact(c)
+    c.wait_mesh()
     peer = str(c.subnet(2))
     c.exec(1, "ip", "route", "del", peer)
     c.exec(1, "ip", "route", "add", "10.5.250.0/24", "via", "10.5.250.0", "dev", "flannel.1", "onlink", "proto", "101")
@@ -232,7 +222,7 @@ def test_ip_masq_masquerades_only_traffic_leaving_the_cluster(make_cluster):
 def test_healthz_and_metrics(make_cluster):
     c = make_cluster(2)
     start(c, VXLAN)
-    wait_routes_exact(c)
+    c.wait_mesh()
     assert c.http_get(1, "/healthz") == (200, "ok\n")
     ready, body = c.readyz(1)
     assert ready and body["subnet"] == str(c.subnet(1)) and body["peers"] == 1

@@ -21,5 +21,6 @@ def test_254_acquirers_for_253_subnets_exactly_one_clear_error(etcd_server, uniq
     outcomes = asyncio.run(race(etcd_server.endpoint, unique_prefix, config, 254))
     errors = [o.error for o in outcomes if o.error]
     assert len(errors) == 1, errors[:3]
-    assert errors[0].startswith("no free subnet: all 253 /24 subnets between SubnetMin 10.5.1.0 and SubnetMax 10.5.253.0")
+    assert errors[0].startswith(
+        "no free subnet: all 253 /24 subnets between SubnetMin 10.5.1.0 and SubnetMax 10.5.253.0")
     assert len({o.lease.subnet for o in outcomes if o.lease}) == 253

@@ -100,7 +100,7 @@ class _Client(aetcd.Client):
     """aetcd.Client whose channel may be TLS; the target is set per connection."""
 
     def __init__(self, target: str, credentials: grpc.ChannelCredentials | None, timeout: float) -> None:
-        super().__init__(timeout=timeout)  # type: ignore[arg-type]
+        super().__init__(timeout=int(timeout))
         self._target = target
         self._credentials = credentials
 

@@ -252,6 +252,7 @@ class Agent:
 
     async def _ensure_lease(self, cfg: NetworkConfig, snap: Snapshot) -> Lease:
         attrs = self._wanted_attrs()
+        previous: ipaddress.IPv4Network | None
         if self.lease is not None:
             current = snap.find(self.lease.subnet)
             if current is not None and current.attrs.public_ip == self.opts.public_ip:

@@ -12,7 +12,7 @@ from pyroute2 import IPRoute
 
 from netd import __version__
 from netd.adapters.http import HealthServer
-from netd.adapters.netlink import Underlay, enable_forwarding, find_underlay, make_backend
+from netd.adapters.netlink import Backend, Underlay, enable_forwarding, find_underlay, make_backend
 from netd.agent.agent import Agent, AgentOptions
 from netd.agent.metrics import AgentMetrics
 from netd.cli.common import add_etcd_flags, env_bool, env_default, make_registry, setup_logging
@@ -64,7 +64,7 @@ async def run(args: argparse.Namespace, underlay: Underlay) -> int:
              underlay.ifname, underlay.mtu, args.etcd_endpoints, args.etcd_prefix)
     enable_forwarding()
 
-    def backend_for(cfg: NetworkConfig):  # type: ignore[no-untyped-def]
+    def backend_for(cfg: NetworkConfig) -> Backend:
         return make_backend(cfg, underlay)
 
     metrics = AgentMetrics()
