@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from netd.adapters.registry import Snapshot, SubnetEvent
-from netd.errors import CompactedError, ConflictError
+from netd.errors import CompactedError, ConflictError, RegistryUnavailable
 from netd.model import Lease, LeaseAttrs, format_subnet_key, parse_subnet_key
 
 
@@ -38,6 +38,7 @@ class MemoryRegistry:
         self._history: list[SubnetEvent] = []
         self._changed = asyncio.Event()
         self._trips = 0
+        self._watch_epoch = 0
 
     # -- helpers -------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -151,11 +152,19 @@ class MemoryRegistry:
         self._compacted = max(self._compacted, revision)
         self._history = [e for e in self._history if e.revision >= revision]
 
+    def break_watches(self) -> None:
+        """Make every open watch fail with RegistryUnavailable, as etcd going away does (tests)."""
+        self._watch_epoch += 1
+        self._changed.set()
+
     async def watch_subnets(self, start_revision: int) -> AsyncIterator[list[SubnetEvent]]:
         if start_revision < self._compacted:
             raise CompactedError(self._compacted)
         next_rev = start_revision
+        epoch = self._watch_epoch
         while True:
+            if epoch != self._watch_epoch:
+                raise RegistryUnavailable("memory registry: watch broken")
             self._tick()
             batch = [e for e in self._history if e.revision >= next_rev]
             if batch:

@@ -1,0 +1,103 @@
+"""The Agent in-process: MemoryRegistry (held to the etcd contract) + the real vxlan backend in a namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import subprocess
+
+import pytest
+from pyroute2 import IPRoute
+
+from netd.adapters.memory import MemoryRegistry
+from netd.adapters.netlink import VxlanBackend, find_underlay
+from netd.agent.agent import Agent, AgentOptions
+from netd.model import LeaseAttrs, NetworkConfig
+
+CONFIG = b'{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
+
+
+def peer(i: int) -> LeaseAttrs:
+    return LeaseAttrs(ipaddress.IPv4Address(f"10.250.0.{10 + i}"), "vxlan",
+                      {"VNI": 1, "VtepMAC": f"0e:00:00:00:00:{i:02x}"})
+
+
+def routes(ns_name: str) -> set[str]:
+    out = subprocess.run(["ip", "-n", ns_name, "route", "show", "proto", "101"], capture_output=True, text=True)
+    return {line.split()[0] for line in out.stdout.splitlines()}
+
+
+async def until(cond, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_watch_resumes_after_a_break_and_relists_after_compaction(ns, tmp_path):
+    async def main() -> None:
+        reg = MemoryRegistry()
+        await reg.put_config(CONFIG)
+
+        def make_backend(cfg: NetworkConfig) -> VxlanBackend:
+            ipr = IPRoute(netns=ns)
+            return VxlanBackend(cfg, find_underlay(ipr, "eth0", None), ipr)
+
+        opts = AgentOptions(public_ip=ipaddress.IPv4Address("10.250.0.1"),
+                            subnet_file=str(tmp_path / "subnet.env"), resync_interval=3600)
+        agent = Agent(reg, make_backend, opts)
+        task = asyncio.create_task(agent.run())
+        try:
+            await until(lambda: agent.status.ready)
+            p1 = await reg.create_subnet(ipaddress.IPv4Network("10.5.201.0/24"), peer(1), 60)
+            await until(lambda: routes(ns) == {"10.5.201.0/24"})
+
+            # the watch breaks; while it is down a peer joins and history is compacted away
+            reg.break_watches()
+            await reg.create_subnet(ipaddress.IPv4Network("10.5.202.0/24"), peer(2), 60)
+            await reg.delete_subnet(p1.subnet)
+            reg.compact((await reg.list_subnets()).revision)
+            await until(lambda: routes(ns) == {"10.5.202.0/24"})
+            restarts = agent.metrics.watch_restarts
+            assert restarts.labels("unavailable")._value.get() >= 1
+            assert restarts.labels("compacted")._value.get() == 1
+
+            # after the re-list the (new) watch delivers events again
+            await reg.create_subnet(ipaddress.IPv4Network("10.5.203.0/24"), peer(3), 60)
+            await until(lambda: routes(ns) == {"10.5.202.0/24", "10.5.203.0/24"})
+            assert (tmp_path / "subnet.env").read_text().startswith("FLANNEL_NETWORK=10.5.0.0/16\n")
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("ttl", [2])
+def test_lost_lease_is_reacquired_with_the_same_subnet(ns, tmp_path, ttl):
+    async def main() -> None:
+        reg = MemoryRegistry()
+        await reg.put_config(CONFIG)
+
+        def make_backend(cfg: NetworkConfig) -> VxlanBackend:
+            ipr = IPRoute(netns=ns)
+            return VxlanBackend(cfg, find_underlay(ipr, "eth0", None), ipr)
+
+        opts = AgentOptions(public_ip=ipaddress.IPv4Address("10.250.0.1"),
+                            subnet_file=str(tmp_path / "subnet.env"), resync_interval=3600, lease_ttl=ttl)
+        agent = Agent(reg, make_backend, opts)
+        task = asyncio.create_task(agent.run())
+        try:
+            await until(lambda: agent.status.ready)
+            first = agent.lease
+            assert first is not None
+            await reg.revoke(first.lease_id)  # an operator revokes it (or it expired while we were frozen)
+            await until(lambda: agent.lease is not None and agent.lease.lease_id != first.lease_id)
+            assert agent.lease.subnet == first.subnet
+            assert (await reg.list_subnets()).find(first.subnet).attrs.public_ip == opts.public_ip
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
