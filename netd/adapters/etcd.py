@@ -12,9 +12,10 @@ failure branch re-reads the subnets, so a lost race needs no extra list.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -305,40 +306,41 @@ class EtcdRegistry:
         except Exception as exc:  # noqa: BLE001 - best effort; the lease expires by itself
             log.debug("revoking unused lease %x failed: %s", lease_id, exc)
 
+    @contextlib.contextmanager
+    def _watch_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except aexc.RevisionCompactedError as exc:
+            raise CompactedError(exc.compacted_revision) from exc
+        except _UNAVAILABLE as exc:
+            self._fail_over()
+            raise RegistryUnavailable(f"etcd watch at {self.endpoint} {what}: {exc}") from exc
+
     async def watch_subnets(self, start_revision: int) -> AsyncIterator[list[SubnetEvent]]:
         self._trips += 1
         client = self._get_client()
         range_end = autils.prefix_range_end(self._subnets_prefix)
-        try:
+        with self._watch_errors("failed"):
             watch = await asyncio.wait_for(
                 client.watch(self._subnets_prefix, range_end=range_end, start_revision=start_revision),
                 self._timeout,
             )
-        except aexc.RevisionCompactedError as exc:
-            raise CompactedError(exc.compacted_revision) from exc
-        except _UNAVAILABLE as exc:
-            self._fail_over()
-            raise RegistryUnavailable(f"etcd watch at {self.endpoint} failed: {exc}") from exc
         try:
-            async for event in watch:
-                name = bytes(event.kv.key)[len(self._subnets_prefix):].decode(errors="replace")
-                try:
-                    subnet = parse_subnet_key(name)
-                except ValueError:
-                    continue
-                deleted = event.kind == "DELETE"
-                lease = None
-                if not deleted:
+            with self._watch_errors("broke"):
+                async for event in watch:
+                    name = bytes(event.kv.key)[len(self._subnets_prefix):].decode(errors="replace")
                     try:
-                        lease = self._lease_from_kv(event.kv)
-                    except (ValueError, ConfigError):
-                        lease = None
-                yield [SubnetEvent(subnet, deleted, int(event.kv.mod_revision), lease)]
-        except aexc.RevisionCompactedError as exc:
-            raise CompactedError(exc.compacted_revision) from exc
-        except _UNAVAILABLE as exc:
-            self._fail_over()
-            raise RegistryUnavailable(f"etcd watch at {self.endpoint} broke: {exc}") from exc
+                        subnet = parse_subnet_key(name)
+                    except ValueError:
+                        continue
+                    deleted = event.kind == "DELETE"
+                    lease = None
+                    if not deleted:
+                        try:
+                            lease = self._lease_from_kv(event.kv)
+                        except (ValueError, ConfigError):
+                            lease = None
+                    yield [SubnetEvent(subnet, deleted, int(event.kv.mod_revision), lease)]
         finally:
             try:
                 await watch.cancel()

@@ -27,6 +27,17 @@ def routes(ns_name: str) -> set[str]:
     return {line.split()[0] for line in out.stdout.splitlines()}
 
 
+def start_agent(reg: MemoryRegistry, ns: str, tmp_path, **options) -> tuple[Agent, asyncio.Task]:
+    def make_backend(cfg: NetworkConfig) -> VxlanBackend:
+        ipr = IPRoute(netns=ns)
+        return VxlanBackend(cfg, find_underlay(ipr, "eth0", None), ipr)
+
+    opts = AgentOptions(public_ip=ipaddress.IPv4Address("10.250.0.1"), subnet_file=str(tmp_path / "subnet.env"),
+                        resync_interval=3600, **options)
+    agent = Agent(reg, make_backend, opts)
+    return agent, asyncio.create_task(agent.run())
+
+
 async def until(cond, timeout: float = 5.0) -> None:
     for _ in range(int(timeout / 0.05)):
         if cond():
@@ -39,15 +50,7 @@ def test_watch_resumes_after_a_break_and_relists_after_compaction(ns, tmp_path):
     async def main() -> None:
         reg = MemoryRegistry()
         await reg.put_config(CONFIG)
-
-        def make_backend(cfg: NetworkConfig) -> VxlanBackend:
-            ipr = IPRoute(netns=ns)
-            return VxlanBackend(cfg, find_underlay(ipr, "eth0", None), ipr)
-
-        opts = AgentOptions(public_ip=ipaddress.IPv4Address("10.250.0.1"),
-                            subnet_file=str(tmp_path / "subnet.env"), resync_interval=3600)
-        agent = Agent(reg, make_backend, opts)
-        task = asyncio.create_task(agent.run())
+        agent, task = start_agent(reg, ns, tmp_path)
         try:
             await until(lambda: agent.status.ready)
             p1 = await reg.create_subnet(ipaddress.IPv4Network("10.5.201.0/24"), peer(1), 60)
@@ -79,15 +82,7 @@ def test_lost_lease_is_reacquired_with_the_same_subnet(ns, tmp_path, ttl):
     async def main() -> None:
         reg = MemoryRegistry()
         await reg.put_config(CONFIG)
-
-        def make_backend(cfg: NetworkConfig) -> VxlanBackend:
-            ipr = IPRoute(netns=ns)
-            return VxlanBackend(cfg, find_underlay(ipr, "eth0", None), ipr)
-
-        opts = AgentOptions(public_ip=ipaddress.IPv4Address("10.250.0.1"),
-                            subnet_file=str(tmp_path / "subnet.env"), resync_interval=3600, lease_ttl=ttl)
-        agent = Agent(reg, make_backend, opts)
-        task = asyncio.create_task(agent.run())
+        agent, task = start_agent(reg, ns, tmp_path, lease_ttl=ttl)
         try:
             await until(lambda: agent.status.ready)
             first = agent.lease
@@ -95,7 +90,7 @@ def test_lost_lease_is_reacquired_with_the_same_subnet(ns, tmp_path, ttl):
             await reg.revoke(first.lease_id)  # an operator revokes it (or it expired while we were frozen)
             await until(lambda: agent.lease is not None and agent.lease.lease_id != first.lease_id)
             assert agent.lease.subnet == first.subnet
-            assert (await reg.list_subnets()).find(first.subnet).attrs.public_ip == opts.public_ip
+            assert (await reg.list_subnets()).find(first.subnet).attrs.public_ip == agent.opts.public_ip
         finally:
             agent.stop()
             await asyncio.wait_for(task, 10)
