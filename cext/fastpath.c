@@ -1,0 +1,999 @@
+/* netd's UDP fast path. See fastpath.h for the interface and the wire format.
+ *
+ * Two threads: TX reads frames from the TUN and sends them to the peer leasing the inner
+ * destination; RX receives datagrams and writes the inner packets to the TUN when the outer
+ * source is the PublicIP leasing the inner source (anti-spoofing).
+ *
+ * Speed comes from the kernel's offloads:
+ *  - TUN with IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4): the kernel hands us TCP super-packets
+ *    of up to 64 KB; we cut them into MSS-sized inner packets (fresh IP/TCP headers and
+ *    checksums) laid back to back and give them to one sendmsg with UDP_SEGMENT;
+ *  - UDP_GRO: one recvmsg returns many datagrams of one size from one peer; consecutive
+ *    segments of one TCP flow are coalesced back into one super-packet written to the TUN with
+ *    a vnet header (gso TCPV4, checksum left to the kernel);
+ *  - otherwise recvmmsg/sendmmsg batches.
+ * What the kernel refuses is switched off at open time (fp_features tells what is on).
+ *
+ * The route table is immutable once built; fp_set_routes swaps a pointer. Readers publish the
+ * table they use in a hazard slot and clear it before blocking, so the writer frees an old table
+ * only when no thread can still hold it. No lock is taken on the packet path.
+ */
+#define _GNU_SOURCE
+#include "fastpath.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <linux/udp.h>
+#include <linux/virtio_net.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+
+#define VNET_LEN 10          /* struct virtio_net_hdr */
+#define MAX_PKT 65535        /* largest IPv4 packet */
+#define FRAME_CAP (VNET_LEN + MAX_PKT + 1)
+#define TX_BATCH 32
+#define RX_BATCH 16
+#define RX_BUF 65536
+#define GSO_MAX_PAYLOAD 65000 /* bytes handed to one UDP_SEGMENT sendmsg (limit ~65507) */
+#define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
+#define SEG_CAP (2 * MAX_PKT + 4096)
+#define POLL_MS 100
+
+struct vnet_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+} __attribute__((packed));
+
+/* ---------------------------------------------------------------- checksums ---- */
+/* Ones-complement sums over native-order words: the folded result stored back in native
+ * order is the correct network-order checksum (RFC 1071 byte-order independence). */
+static uint64_t csum_add(const uint8_t *p, size_t len, uint64_t acc) {
+    while (len >= 8) {
+        uint32_t a, b;
+        memcpy(&a, p, 4);
+        memcpy(&b, p + 4, 4);
+        acc += (uint64_t)a + b;
+        p += 8;
+        len -= 8;
+    }
+    if (len >= 4) {
+        uint32_t a;
+        memcpy(&a, p, 4);
+        acc += a;
+        p += 4;
+        len -= 4;
+    }
+    if (len >= 2) {
+        uint16_t a;
+        memcpy(&a, p, 2);
+        acc += a;
+        p += 2;
+        len -= 2;
+    }
+    if (len) {
+        uint16_t a = 0;
+        memcpy(&a, p, 1);
+        acc += a;
+    }
+    return acc;
+}
+
+static uint16_t csum_fold(uint64_t s) {
+    s = (s & 0xffffffffu) + (s >> 32);
+    s = (s & 0xffffffffu) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return (uint16_t)s;
+}
+
+/* pseudo header of IPv4 TCP/UDP: addresses straight from the IP header (memory order). */
+static uint64_t pseudo4(const uint8_t *ip, uint8_t proto, uint32_t l4len) {
+    uint64_t s = csum_add(ip + 12, 8, 0);
+    s += htons(proto);
+    s += htons((uint16_t)l4len);
+    return s;
+}
+
+static void ip4_set_checksum(uint8_t *ip) {
+    size_t ihl = (size_t)(ip[0] & 0x0f) * 4;
+    ip[10] = ip[11] = 0;
+    uint16_t c = (uint16_t)~csum_fold(csum_add(ip, ihl, 0));
+    memcpy(ip + 10, &c, 2);
+}
+
+uint16_t fp_checksum(const uint8_t *buf, size_t len) {
+    return ntohs((uint16_t)~csum_fold(csum_add(buf, len, 0)));
+}
+
+/* Finish a CHECKSUM_PARTIAL packet: the field holds the pseudo-header sum. */
+static int complete_csum(uint8_t *pkt, size_t len, uint16_t start, uint16_t off) {
+    if ((size_t)start + off + 2 > len)
+        return -1;
+    uint16_t c = (uint16_t)~csum_fold(csum_add(pkt + start, len - start, 0));
+    if (pkt[9] == IPPROTO_UDP && (pkt[0] >> 4) == 4 && c == 0)
+        c = 0xffff;
+    memcpy(pkt + start + off, &c, 2);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- route table ---- */
+struct slot {
+    uint32_t net;
+    uint32_t peer_ip;
+    uint16_t peer_port;
+    uint8_t plen;
+    uint8_t used;
+};
+
+struct fp_table {
+    uint32_t mask; /* slots - 1 */
+    int nlens;
+    uint8_t lens[33]; /* distinct prefix lengths, longest first */
+    struct slot *slots;
+};
+
+static inline uint32_t prefix_mask(int plen) { return plen == 0 ? 0 : 0xffffffffu << (32 - plen); }
+
+static inline uint32_t slot_hash(uint32_t net, uint8_t plen) {
+    uint32_t h = net * 2654435761u ^ ((uint32_t)plen * 0x9e3779b1u);
+    return h ^ (h >> 15);
+}
+
+struct fp_table *fp_table_build(const fp_route *routes, int n) {
+    if (n < 0)
+        return NULL;
+    struct fp_table *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    uint32_t size = 8;
+    while (size < (uint32_t)n * 2 + 2)
+        size <<= 1;
+    t->slots = calloc(size, sizeof(struct slot));
+    if (!t->slots) {
+        free(t);
+        return NULL;
+    }
+    t->mask = size - 1;
+    int seen[33] = {0};
+    for (int i = 0; i < n; i++) {
+        uint8_t plen = routes[i].plen > 32 ? 32 : routes[i].plen;
+        uint32_t net = routes[i].net & prefix_mask(plen);
+        uint32_t h = slot_hash(net, plen) & t->mask;
+        while (t->slots[h].used && !(t->slots[h].net == net && t->slots[h].plen == plen))
+            h = (h + 1) & t->mask;
+        t->slots[h] = (struct slot){net, routes[i].peer_ip, routes[i].peer_port, plen, 1};
+        seen[plen] = 1;
+    }
+    for (int l = 32; l >= 0; l--)
+        if (seen[l])
+            t->lens[t->nlens++] = (uint8_t)l;
+    return t;
+}
+
+/* Longest prefix first: one hash probe per distinct prefix length (usually one). */
+int fp_table_lookup(const struct fp_table *t, uint32_t addr, fp_route *out) {
+    if (!t)
+        return 0;
+    for (int i = 0; i < t->nlens; i++) {
+        uint8_t plen = t->lens[i];
+        uint32_t net = addr & prefix_mask(plen);
+        uint32_t h = slot_hash(net, plen) & t->mask;
+        while (t->slots[h].used) {
+            if (t->slots[h].net == net && t->slots[h].plen == plen) {
+                if (out)
+                    *out = (fp_route){net, plen, t->slots[h].peer_ip, t->slots[h].peer_port};
+                return 1;
+            }
+            h = (h + 1) & t->mask;
+        }
+    }
+    return 0;
+}
+
+void fp_table_free(struct fp_table *t) {
+    if (t) {
+        free(t->slots);
+        free(t);
+    }
+}
+
+/* ---------------------------------------------------------------- instance ---- */
+enum { HZ_TX, HZ_RX, HZ_TEST, HZ_N };
+
+struct fp {
+    int tun_fd;
+    int udp_fd;
+    int features;
+    int vnet; /* the TUN carries vnet headers */
+    _Atomic(struct fp_table *) table;
+    _Atomic(struct fp_table *) hazard[HZ_N];
+    pthread_mutex_t writer; /* serialises fp_set_routes callers, never taken by the threads */
+    atomic_int stop;
+    int started;
+    pthread_t tx, rx;
+    fp_stats stats; /* updated with relaxed atomic adds once per batch */
+};
+
+static struct fp_table *table_acquire(struct fp *fp, int slot) {
+    struct fp_table *t;
+    do {
+        t = atomic_load(&fp->table);
+        atomic_store(&fp->hazard[slot], t);
+    } while (t != atomic_load(&fp->table));
+    return t;
+}
+
+static void table_release(struct fp *fp, int slot) { atomic_store(&fp->hazard[slot], NULL); }
+
+int fp_set_routes(struct fp *fp, const fp_route *routes, int n) {
+    struct fp_table *t = fp_table_build(routes, n);
+    if (!t)
+        return n < 0 ? -EINVAL : -ENOMEM;
+    pthread_mutex_lock(&fp->writer);
+    struct fp_table *old = atomic_exchange(&fp->table, t);
+    for (;;) { /* wait until no thread can still be reading the old table */
+        int busy = 0;
+        for (int i = 0; i < HZ_N; i++)
+            busy |= atomic_load(&fp->hazard[i]) == old;
+        if (!busy || !old)
+            break;
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+    pthread_mutex_unlock(&fp->writer);
+    fp_table_free(old);
+    return 0;
+}
+
+uint64_t fp_lookup_loop(struct fp *fp, uint32_t addr, uint64_t iterations) {
+    uint64_t misses = 0;
+    for (uint64_t i = 0; i < iterations; i++) {
+        struct fp_table *t = table_acquire(fp, HZ_TEST);
+        misses += !fp_table_lookup(t, addr, NULL);
+        table_release(fp, HZ_TEST);
+    }
+    return misses;
+}
+
+static void stats_publish(struct fp *fp, const fp_stats *local) {
+    const uint64_t *src = (const uint64_t *)local;
+    uint64_t *dst = (uint64_t *)&fp->stats;
+    for (size_t i = 0; i < sizeof(fp_stats) / 8; i++)
+        if (src[i])
+            __atomic_fetch_add(&dst[i], src[i], __ATOMIC_RELAXED);
+}
+
+void fp_get_stats(const struct fp *fp, fp_stats *out) {
+    const uint64_t *src = (const uint64_t *)&fp->stats;
+    uint64_t *dst = (uint64_t *)out;
+    for (size_t i = 0; i < sizeof(fp_stats) / 8; i++)
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}
+
+int fp_features(const struct fp *fp) { return fp->features; }
+int fp_tun_fd(const struct fp *fp) { return fp->tun_fd; }
+
+/* ---------------------------------------------------------------- TX: segmentation ---- */
+/* Cut a TCP/IPv4 super-packet into segments of `mss` payload bytes, back to back in out.
+ * Returns bytes written (-1 if malformed or out too small); *seg_size is one full segment. */
+static long segment_tcp4(const uint8_t *pkt, size_t len, uint16_t mss, uint8_t *out, size_t cap,
+                         uint32_t *seg_size, int *nseg_out) {
+    if (len < 40 || (pkt[0] >> 4) != 4 || pkt[9] != IPPROTO_TCP || mss == 0)
+        return -1;
+    size_t ihl = (size_t)(pkt[0] & 0x0f) * 4;
+    if (ihl < 20 || len < ihl + 20)
+        return -1;
+    const uint8_t *tcp = pkt + ihl;
+    size_t thl = (size_t)(tcp[12] >> 4) * 4;
+    if (thl < 20 || ihl + thl > len)
+        return -1;
+    size_t hdrs = ihl + thl, payload = len - hdrs;
+    int nseg = payload ? (int)((payload + mss - 1) / mss) : 1;
+    size_t need = (size_t)nseg * hdrs + payload;
+    if (need > cap)
+        return -1;
+    uint32_t seq0;
+    uint16_t id0;
+    memcpy(&seq0, tcp + 4, 4);
+    seq0 = ntohl(seq0);
+    memcpy(&id0, pkt + 4, 2);
+    id0 = ntohs(id0);
+    size_t off = 0;
+    for (int i = 0; i < nseg; i++) {
+        size_t chunk = payload - (size_t)i * mss;
+        if (chunk > mss)
+            chunk = mss;
+        uint8_t *o = out + off;
+        memcpy(o, pkt, hdrs);
+        memcpy(o + hdrs, pkt + hdrs + (size_t)i * mss, chunk);
+        uint16_t tot = htons((uint16_t)(hdrs + chunk)), id = htons((uint16_t)(id0 + i));
+        memcpy(o + 2, &tot, 2);
+        memcpy(o + 4, &id, 2);
+        ip4_set_checksum(o);
+        uint8_t *th = o + ihl;
+        uint32_t seq = htonl(seq0 + (uint32_t)(i * mss));
+        memcpy(th + 4, &seq, 4);
+        if (i < nseg - 1)
+            th[13] &= (uint8_t)~(0x01 | 0x08); /* FIN, PSH only on the last */
+        if (i > 0)
+            th[13] &= (uint8_t)~0x80; /* CWR only on the first */
+        th[16] = th[17] = 0;
+        uint16_t c = (uint16_t)~csum_fold(csum_add(th, thl + chunk, pseudo4(o, IPPROTO_TCP, (uint32_t)(thl + chunk))));
+        memcpy(th + 16, &c, 2);
+        off += hdrs + chunk;
+    }
+    *seg_size = (uint32_t)(hdrs + (payload > mss ? mss : payload));
+    if (nseg_out)
+        *nseg_out = nseg;
+    return (long)off;
+}
+
+long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, uint32_t *seg_size) {
+    struct vnet_hdr vh;
+    if (len < VNET_LEN)
+        return -1;
+    memcpy(&vh, frame, VNET_LEN);
+    const uint8_t *pkt = frame + VNET_LEN;
+    size_t plen = len - VNET_LEN;
+    if ((vh.gso_type & ~VIRTIO_NET_HDR_GSO_ECN) == VIRTIO_NET_HDR_GSO_TCPV4)
+        return segment_tcp4(pkt, plen, vh.gso_size, out, cap, seg_size, NULL);
+    if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE || plen > cap)
+        return -1;
+    memcpy(out, pkt, plen);
+    if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && complete_csum(out, plen, vh.csum_start, vh.csum_offset))
+        return -1;
+    *seg_size = (uint32_t)plen;
+    return (long)plen;
+}
+
+/* ---------------------------------------------------------------- TX thread ---- */
+struct tx_batch {
+    struct mmsghdr msgs[TX_BATCH];
+    struct iovec iov[TX_BATCH];
+    struct sockaddr_in dst[TX_BATCH];
+    int n;
+};
+
+static void fill_dst(struct sockaddr_in *sa, const fp_route *rt) {
+    memset(sa, 0, sizeof(*sa));
+    sa->sin_family = AF_INET;
+    sa->sin_addr.s_addr = htonl(rt->peer_ip);
+    sa->sin_port = htons(rt->peer_port);
+}
+
+static int wait_writable(int fd) {
+    struct pollfd p = {fd, POLLOUT, 0};
+    return poll(&p, 1, 10);
+}
+
+/* Send every queued datagram; a datagram the socket refuses is counted and skipped. */
+static void tx_flush(struct fp *fp, struct tx_batch *b, fp_stats *st) {
+    int done = 0, spins = 0;
+    while (done < b->n) {
+        int r = sendmmsg(fp->udp_fd, b->msgs + done, (unsigned)(b->n - done), 0);
+        st->tx_syscalls++;
+        if (r > 0) {
+            for (int i = done; i < done + r; i++) {
+                st->tx_packets++;
+                st->tx_bytes += b->iov[i].iov_len;
+            }
+            done += r;
+            continue;
+        }
+        if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && spins++ < 100) {
+            wait_writable(fp->udp_fd);
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        st->tx_drop_socket_error++;
+        done++;
+    }
+    b->n = 0;
+}
+
+static void tx_send_gso(struct fp *fp, const uint8_t *segs, long total, uint32_t seg_size, int nseg,
+                        const fp_route *rt, struct tx_batch *scratch, fp_stats *st) {
+    struct sockaddr_in sa;
+    fill_dst(&sa, rt);
+    if (!(fp->features & FP_UDP_GSO) || nseg == 1) {
+        /* without GSO: one datagram per segment, in sendmmsg batches */
+        long off = 0;
+        while (off < total) {
+            uint32_t len = (uint32_t)(total - off) < seg_size ? (uint32_t)(total - off) : seg_size;
+            int k = scratch->n;
+            scratch->iov[k] = (struct iovec){(void *)(segs + off), len};
+            scratch->dst[k] = sa;
+            scratch->msgs[k].msg_hdr = (struct msghdr){&scratch->dst[k], sizeof(sa), &scratch->iov[k], 1, NULL, 0, 0};
+            if (++scratch->n == TX_BATCH)
+                tx_flush(fp, scratch, st);
+            off += len;
+        }
+        tx_flush(fp, scratch, st);
+        return;
+    }
+    int per = (int)(GSO_MAX_PAYLOAD / seg_size);
+    if (per > GSO_MAX_SEGS)
+        per = GSO_MAX_SEGS;
+    if (per < 1)
+        per = 1;
+    long off = 0;
+    while (off < total) {
+        long chunk = (long)per * seg_size;
+        if (chunk > total - off)
+            chunk = total - off;
+        char cbuf[CMSG_SPACE(sizeof(uint16_t))];
+        memset(cbuf, 0, sizeof(cbuf));
+        struct iovec iov = {(void *)(segs + off), (size_t)chunk};
+        struct msghdr mh = {&sa, sizeof(sa), &iov, 1, cbuf, sizeof(cbuf), 0};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t gso = (uint16_t)seg_size;
+        memcpy(CMSG_DATA(cm), &gso, sizeof(gso));
+        ssize_t r;
+        int spins = 0;
+        for (;;) {
+            r = sendmsg(fp->udp_fd, &mh, 0);
+            st->tx_syscalls++;
+            if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && spins++ < 100) {
+                wait_writable(fp->udp_fd);
+                continue;
+            }
+            if (r < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        long segs_in_chunk = (chunk + seg_size - 1) / seg_size;
+        if (r < 0) {
+            st->tx_drop_socket_error += (uint64_t)segs_in_chunk;
+        } else {
+            st->tx_packets += (uint64_t)segs_in_chunk;
+            st->tx_bytes += (uint64_t)chunk;
+        }
+        off += chunk;
+    }
+}
+
+static int ipv4_dst(const uint8_t *pkt, size_t len, uint32_t *dst) {
+    if (len < 20 || (pkt[0] >> 4) != 4)
+        return 0;
+    uint32_t d;
+    memcpy(&d, pkt + 16, 4);
+    *dst = ntohl(d);
+    return 1;
+}
+
+static void *tx_main(void *arg) {
+    struct fp *fp = arg;
+    uint8_t *frames = malloc((size_t)TX_BATCH * FRAME_CAP);
+    uint8_t *segbuf = malloc(SEG_CAP);
+    struct tx_batch *batch = calloc(1, sizeof(*batch));
+    struct tx_batch *scratch = calloc(1, sizeof(*scratch));
+    if (!frames || !segbuf || !batch || !scratch)
+        goto out;
+    while (!atomic_load(&fp->stop)) {
+        table_release(fp, HZ_TX);
+        struct pollfd p = {fp->tun_fd, POLLIN, 0};
+        if (poll(&p, 1, POLL_MS) <= 0)
+            continue;
+        struct fp_table *t = table_acquire(fp, HZ_TX);
+        fp_stats st = {0};
+        for (int k = 0; k < TX_BATCH; k++) {
+            uint8_t *f = frames + (size_t)k * FRAME_CAP;
+            ssize_t r = read(fp->tun_fd, f, FRAME_CAP);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                break; /* EAGAIN: drained */
+            }
+            st.tun_reads++;
+            struct vnet_hdr vh = {0};
+            uint8_t *pkt = f;
+            size_t plen = (size_t)r;
+            if (fp->vnet) {
+                if (plen < VNET_LEN) {
+                    st.tx_drop_malformed++;
+                    continue;
+                }
+                memcpy(&vh, f, VNET_LEN);
+                pkt += VNET_LEN;
+                plen -= VNET_LEN;
+            }
+            uint32_t daddr;
+            fp_route rt;
+            if (!ipv4_dst(pkt, plen, &daddr)) {
+                /* the overlay is IPv4 (flannel's leases are); anything else has no peer */
+                if (plen >= 1 && ((pkt[0] >> 4) == 6))
+                    st.tx_drop_no_route++;
+                else
+                    st.tx_drop_malformed++;
+                continue;
+            }
+            if (!fp_table_lookup(t, daddr, &rt)) {
+                st.tx_drop_no_route++;
+                continue;
+            }
+            if ((vh.gso_type & ~VIRTIO_NET_HDR_GSO_ECN) == VIRTIO_NET_HDR_GSO_TCPV4) {
+                tx_flush(fp, batch, &st); /* keep order with what was queued before */
+                uint32_t seg_size;
+                int nseg;
+                long total = segment_tcp4(pkt, plen, vh.gso_size, segbuf, SEG_CAP, &seg_size, &nseg);
+                if (total < 0) {
+                    st.tx_drop_malformed++;
+                    continue;
+                }
+                tx_send_gso(fp, segbuf, total, seg_size, nseg, &rt, scratch, &st);
+                continue;
+            }
+            if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE ||
+                ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && complete_csum(pkt, plen, vh.csum_start, vh.csum_offset))) {
+                st.tx_drop_malformed++;
+                continue;
+            }
+            int i = batch->n++;
+            batch->iov[i] = (struct iovec){pkt, plen};
+            fill_dst(&batch->dst[i], &rt);
+            batch->msgs[i].msg_hdr =
+                (struct msghdr){&batch->dst[i], sizeof(struct sockaddr_in), &batch->iov[i], 1, NULL, 0, 0};
+        }
+        tx_flush(fp, batch, &st);
+        stats_publish(fp, &st);
+    }
+out:
+    table_release(fp, HZ_TX);
+    free(frames);
+    free(segbuf);
+    free(batch);
+    free(scratch);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- RX: coalescing ---- */
+typedef int (*frame_sink)(void *ctx, const uint8_t *hdr, const uint8_t *pkt, size_t len);
+
+struct coalescer {
+    uint8_t *buf; /* VNET_LEN bytes of header room, then the packet being built */
+    size_t len;   /* packet bytes in buf + VNET_LEN */
+    int nseg;
+    size_t hdrs;
+    uint16_t mss;
+    size_t last_payload;
+    uint32_t next_seq;
+    int psh;
+    int tso;      /* may build super-packets (vnet TUN) */
+    int vnet;     /* frames carry a vnet header */
+    frame_sink sink;
+    void *ctx;
+    uint64_t writes, errors_full, errors_other;
+};
+
+static const uint8_t zero_hdr[VNET_LEN];
+
+static void coal_emit(struct coalescer *c, const uint8_t *hdr, const uint8_t *pkt, size_t len) {
+    int r = c->sink(c->ctx, c->vnet ? hdr : NULL, pkt, len);
+    if (r == 0)
+        c->writes++;
+    else if (r == -EAGAIN || r == -ENOBUFS)
+        c->errors_full++;
+    else
+        c->errors_other++;
+}
+
+static void coal_flush(struct coalescer *c) {
+    if (c->nseg == 0)
+        return;
+    uint8_t *ip = c->buf + VNET_LEN;
+    if (c->nseg == 1) {
+        coal_emit(c, zero_hdr, ip, c->len);
+    } else {
+        size_t thl = c->hdrs - 20;
+        uint16_t tot = htons((uint16_t)c->len);
+        memcpy(ip + 2, &tot, 2);
+        ip4_set_checksum(ip);
+        uint8_t *th = ip + 20;
+        if (c->psh)
+            th[13] |= 0x08;
+        /* partial checksum: pseudo header only, the kernel adds the rest (NEEDS_CSUM) */
+        uint16_t ps = csum_fold(pseudo4(ip, IPPROTO_TCP, (uint32_t)(c->len - 20)));
+        memcpy(th + 16, &ps, 2);
+        struct vnet_hdr vh = {VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, (uint16_t)c->hdrs, c->mss, 20, 16};
+        (void)thl;
+        memcpy(c->buf, &vh, VNET_LEN);
+        coal_emit(c, c->buf, ip, c->len);
+    }
+    c->nseg = 0;
+    c->len = 0;
+}
+
+/* TCP/IPv4 without IP options, only ACK (+PSH), carrying data: may start a super-packet. */
+static int coal_candidate(const uint8_t *p, size_t len) {
+    if (len < 40 || p[0] != 0x45 || p[9] != IPPROTO_TCP)
+        return 0;
+    uint16_t frag;
+    memcpy(&frag, p + 6, 2);
+    if (ntohs(frag) & 0x3fff) /* MF or offset: a fragment */
+        return 0;
+    const uint8_t *th = p + 20;
+    size_t thl = (size_t)(th[12] >> 4) * 4;
+    if (thl < 20 || 20 + thl >= len)
+        return 0;
+    return (th[13] & ~0x08) == 0x10; /* ACK, maybe PSH, nothing else */
+}
+
+static int coal_mergeable(const struct coalescer *c, const uint8_t *p, size_t len) {
+    const uint8_t *q = c->buf + VNET_LEN; /* first packet's headers */
+    if (!coal_candidate(p, len) || c->psh || c->last_payload != c->mss)
+        return 0;
+    size_t payload = len - c->hdrs;
+    if ((size_t)(p[32] >> 4) * 4 + 20 != c->hdrs || payload == 0 || payload > c->mss)
+        return 0;
+    if (c->len + payload > MAX_PKT)
+        return 0;
+    if (p[1] != q[1] || p[8] != q[8] || memcmp(p + 6, q + 6, 2) || memcmp(p + 12, q + 12, 8))
+        return 0; /* tos, ttl, DF, addresses */
+    const uint8_t *a = p + 20, *b = q + 20;
+    if (memcmp(a, b, 4) || memcmp(a + 8, b + 8, 4)) /* ports, ack */
+        return 0;
+    if (a[12] != b[12] || (a[13] & ~0x08) != (b[13] & ~0x08) || memcmp(a + 14, b + 14, 2))
+        return 0; /* data offset, flags, window */
+    if (memcmp(a + 20, b + 20, c->hdrs - 40)) /* options (timestamps) identical */
+        return 0;
+    uint32_t seq;
+    memcpy(&seq, a + 4, 4);
+    return ntohl(seq) == c->next_seq;
+}
+
+static void coal_add(struct coalescer *c, const uint8_t *p, size_t len) {
+    if (c->tso && c->nseg > 0 && coal_mergeable(c, p, len)) {
+        size_t payload = len - c->hdrs;
+        memcpy(c->buf + VNET_LEN + c->len, p + c->hdrs, payload);
+        c->len += payload;
+        c->nseg++;
+        c->next_seq += (uint32_t)payload;
+        c->last_payload = payload;
+        c->psh = (p[33] & 0x08) != 0;
+        if (c->psh)
+            coal_flush(c);
+        return;
+    }
+    coal_flush(c);
+    if (c->tso && coal_candidate(p, len)) {
+        memcpy(c->buf + VNET_LEN, p, len);
+        c->len = len;
+        c->nseg = 1;
+        c->hdrs = 20 + (size_t)(p[32] >> 4) * 4;
+        c->mss = (uint16_t)(len - c->hdrs);
+        c->last_payload = c->mss;
+        uint32_t seq;
+        memcpy(&seq, p + 24, 4);
+        c->next_seq = ntohl(seq) + (uint32_t)(len - c->hdrs);
+        c->psh = (p[33] & 0x08) != 0;
+        if (c->psh)
+            coal_flush(c);
+        return;
+    }
+    coal_emit(c, zero_hdr, p, len);
+}
+
+struct out_sink {
+    uint8_t *out;
+    size_t cap, used;
+    uint32_t *lens;
+    int max, n;
+};
+
+static int sink_to_buffer(void *ctx, const uint8_t *hdr, const uint8_t *pkt, size_t len) {
+    struct out_sink *o = ctx;
+    size_t need = VNET_LEN + len;
+    if (o->n >= o->max || o->used + need > o->cap)
+        return -ENOSPC;
+    memcpy(o->out + o->used, hdr ? hdr : zero_hdr, VNET_LEN);
+    memcpy(o->out + o->used + VNET_LEN, pkt, len);
+    o->lens[o->n++] = (uint32_t)need;
+    o->used += need;
+    return 0;
+}
+
+int fp_rx_coalesce(const uint8_t *pkts, const uint32_t *lens, int n, uint8_t *out, size_t cap, uint32_t *out_lens,
+                   int max_out) {
+    struct out_sink o = {out, cap, 0, out_lens, max_out, 0};
+    struct coalescer c = {0};
+    c.buf = malloc(FRAME_CAP);
+    if (!c.buf)
+        return -1;
+    c.tso = c.vnet = 1;
+    c.sink = sink_to_buffer;
+    c.ctx = &o;
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        coal_add(&c, pkts + off, lens[i]);
+        off += lens[i];
+    }
+    coal_flush(&c);
+    free(c.buf);
+    return c.errors_other || c.errors_full ? -1 : o.n;
+}
+
+/* ---------------------------------------------------------------- RX thread ---- */
+static int sink_to_tun(void *ctx, const uint8_t *hdr, const uint8_t *pkt, size_t len) {
+    int fd = *(int *)ctx;
+    struct iovec iov[2];
+    int k = 0;
+    if (hdr)
+        iov[k++] = (struct iovec){(void *)hdr, VNET_LEN};
+    iov[k++] = (struct iovec){(void *)pkt, len};
+    for (;;) {
+        ssize_t r = writev(fd, iov, k);
+        if (r >= 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        return -errno;
+    }
+}
+
+/* Validate one inner packet and check its source against the route table. */
+static int rx_accept(const struct fp_table *t, uint32_t outer_src, const uint8_t *d, size_t dl, fp_stats *st) {
+    if (dl < 1) {
+        st->rx_drop_malformed++;
+        return 0;
+    }
+    if ((d[0] >> 4) == 6) { /* no IPv6 leases exist, so no IPv6 source can be vouched for */
+        if (dl < 40)
+            st->rx_drop_malformed++;
+        else
+            st->rx_drop_no_route++;
+        return 0;
+    }
+    size_t ihl = (size_t)(d[0] & 0x0f) * 4;
+    uint16_t tot;
+    if (dl < 20 || (d[0] >> 4) != 4 || ihl < 20 || ihl > dl) {
+        st->rx_drop_malformed++;
+        return 0;
+    }
+    memcpy(&tot, d + 2, 2);
+    if (ntohs(tot) != dl || csum_fold(csum_add(d, ihl, 0)) != 0xffff) {
+        st->rx_drop_malformed++;
+        return 0;
+    }
+    uint32_t src;
+    memcpy(&src, d + 12, 4);
+    fp_route rt;
+    if (!fp_table_lookup(t, ntohl(src), &rt)) {
+        st->rx_drop_no_route++;
+        return 0;
+    }
+    if (rt.peer_ip != outer_src) {
+        st->rx_drop_spoofed++;
+        return 0;
+    }
+    return 1;
+}
+
+static void *rx_main(void *arg) {
+    struct fp *fp = arg;
+    uint8_t *bufs = malloc((size_t)RX_BATCH * RX_BUF);
+    struct coalescer c = {0};
+    c.buf = malloc(FRAME_CAP);
+    struct mmsghdr msgs[RX_BATCH];
+    struct iovec iov[RX_BATCH];
+    struct sockaddr_in src[RX_BATCH];
+    char ctrl[RX_BATCH][CMSG_SPACE(sizeof(int))];
+    if (!bufs || !c.buf)
+        goto out;
+    c.vnet = fp->vnet;
+    c.tso = fp->vnet && (fp->features & FP_TUN_TSO);
+    c.sink = sink_to_tun;
+    c.ctx = &fp->tun_fd;
+    while (!atomic_load(&fp->stop)) {
+        table_release(fp, HZ_RX);
+        struct pollfd p = {fp->udp_fd, POLLIN, 0};
+        if (poll(&p, 1, POLL_MS) <= 0)
+            continue;
+        for (int i = 0; i < RX_BATCH; i++) {
+            iov[i] = (struct iovec){bufs + (size_t)i * RX_BUF, RX_BUF};
+            msgs[i].msg_hdr = (struct msghdr){&src[i], sizeof(src[i]), &iov[i], 1, ctrl[i], sizeof(ctrl[i]), 0};
+        }
+        int n = recvmmsg(fp->udp_fd, msgs, RX_BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0) {
+            if (n < 0 && errno != EAGAIN && errno != EINTR) {
+                fp_stats st = {0};
+                st.rx_drop_socket_error = 1;
+                stats_publish(fp, &st);
+            }
+            continue;
+        }
+        struct fp_table *t = table_acquire(fp, HZ_RX);
+        fp_stats st = {0};
+        st.rx_syscalls = 1;
+        c.writes = c.errors_full = c.errors_other = 0;
+        for (int i = 0; i < n; i++) {
+            size_t total = msgs[i].msg_len;
+            size_t gso = total;
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+                st.rx_drop_malformed++;
+                continue;
+            }
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm)) {
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                    int g;
+                    memcpy(&g, CMSG_DATA(cm), sizeof(g));
+                    if (g > 0)
+                        gso = (size_t)g;
+                }
+            }
+            uint32_t outer = ntohl(src[i].sin_addr.s_addr);
+            const uint8_t *b = bufs + (size_t)i * RX_BUF;
+            for (size_t off = 0; off < total; off += gso) {
+                size_t dl = total - off < gso ? total - off : gso;
+                if (!rx_accept(t, outer, b + off, dl, &st))
+                    continue;
+                st.rx_packets++;
+                st.rx_bytes += dl;
+                coal_add(&c, b + off, dl);
+            }
+        }
+        coal_flush(&c);
+        table_release(fp, HZ_RX);
+        st.tun_writes = c.writes;
+        st.rx_drop_tun_full = c.errors_full;
+        st.rx_drop_tun_error = c.errors_other;
+        stats_publish(fp, &st);
+    }
+out:
+    table_release(fp, HZ_RX);
+    free(bufs);
+    free(c.buf);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- setup ---- */
+static int tun_attach(const char *name, int vnet, char *err, size_t errlen, int *offload_ok) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "open /dev/net/tun: %s", strerror(errno));
+        return -1;
+    }
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
+    ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        snprintf(err, errlen, "attach to TUN %s (%s mode): %s", name, vnet ? "vnet" : "plain", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    *offload_ok = 0;
+    if (vnet) {
+        int sz = VNET_LEN;
+        unsigned off = TUN_F_CSUM | TUN_F_TSO4;
+        if (ioctl(fd, TUNSETVNETHDRSZ, &sz) == 0 && ioctl(fd, TUNSETOFFLOAD, off) == 0)
+            *offload_ok = 1;
+    }
+    if (ioctl(fd, TUNSETPERSIST, 1) < 0) {
+        snprintf(err, errlen, "make TUN %s persistent: %s", name, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+}
+
+static int udp_open(uint32_t bind_ip, uint16_t port, int *features, char *err, size_t errlen) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "udp socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1, big = 16 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof(big)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof(big)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(bind_ip)};
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        snprintf(err, errlen, "bind udp %u: %s", port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (*features & FP_UDP_GSO) { /* probe: set a size, then back to 0 (per-message cmsg wins) */
+        int probe = 1400, zero = 0;
+        if (setsockopt(fd, SOL_UDP, UDP_SEGMENT, &probe, sizeof(probe)) < 0)
+            *features &= ~FP_UDP_GSO;
+        else
+            setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof(zero));
+    }
+    if ((*features & FP_UDP_GRO) && setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) < 0)
+        *features &= ~FP_UDP_GRO;
+    return fd;
+}
+
+struct fp *fp_open(const char *name, uint32_t bind_ip, uint16_t port, int features, char *err, size_t errlen) {
+    struct fp *fp = calloc(1, sizeof(*fp));
+    if (!fp) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    int offload_ok = 0;
+    fp->vnet = (features & FP_TUN_TSO) != 0;
+    fp->tun_fd = tun_attach(name, fp->vnet, err, errlen, &offload_ok);
+    if (fp->tun_fd < 0) {
+        free(fp);
+        return NULL;
+    }
+    if (!offload_ok)
+        features &= ~FP_TUN_TSO;
+    fp->udp_fd = udp_open(bind_ip, port, &features, err, errlen);
+    if (fp->udp_fd < 0) {
+        close(fp->tun_fd);
+        free(fp);
+        return NULL;
+    }
+    fp->features = features;
+    pthread_mutex_init(&fp->writer, NULL);
+    atomic_store(&fp->table, fp_table_build(NULL, 0));
+    return fp;
+}
+
+int fp_start(struct fp *fp) {
+    if (fp->started)
+        return 0;
+    atomic_store(&fp->stop, 0);
+    int r = pthread_create(&fp->tx, NULL, tx_main, fp);
+    if (r)
+        return -r;
+    r = pthread_create(&fp->rx, NULL, rx_main, fp);
+    if (r) {
+        atomic_store(&fp->stop, 1);
+        pthread_join(fp->tx, NULL);
+        return -r;
+    }
+    pthread_setname_np(fp->tx, "netd-fp-tx");
+    pthread_setname_np(fp->rx, "netd-fp-rx");
+    fp->started = 1;
+    return 0;
+}
+
+void fp_stop(struct fp *fp) {
+    if (!fp->started)
+        return;
+    atomic_store(&fp->stop, 1);
+    pthread_join(fp->tx, NULL);
+    pthread_join(fp->rx, NULL);
+    fp->started = 0;
+}
+
+void fp_close(struct fp *fp) {
+    if (!fp)
+        return;
+    fp_stop(fp);
+    close(fp->tun_fd);
+    close(fp->udp_fd);
+    fp_table_free(atomic_load(&fp->table));
+    pthread_mutex_destroy(&fp->writer);
+    free(fp);
+}

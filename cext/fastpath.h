@@ -1,0 +1,87 @@
+/* netd's UDP fast path: TUN <-> UDP forwarding in flannel-udp's wire format.
+ *
+ * C owns the file descriptors and the packets; Python owns policy. The interface is small and
+ * fixed: open, start, swap the route table, read counters, stop. Everything below is also
+ * declared in cext/build_fastpath.py (cffi cdef); keep the two in step.
+ *
+ * Wire format (flannel udp): the UDP payload is the inner IP packet, nothing else.
+ * Addresses and ports in this interface are in host byte order.
+ */
+#ifndef NETD_FASTPATH_H
+#define NETD_FASTPATH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Offload features (requested in fp_open, effective ones read back with fp_features). */
+#define FP_TUN_TSO  1 /* TUN with IFF_VNET_HDR + TUNSETOFFLOAD: TCP super-packets both ways */
+#define FP_UDP_GSO  2 /* UDP_SEGMENT: one sendmsg carries many datagrams */
+#define FP_UDP_GRO  4 /* UDP_GRO: one recvmsg returns many datagrams */
+
+typedef struct fp_stats {
+    /* TUN -> peers */
+    uint64_t tx_packets;   /* inner packets sent (after segmentation) */
+    uint64_t tx_bytes;     /* inner bytes sent */
+    uint64_t tx_syscalls;  /* sendmsg/sendmmsg calls */
+    uint64_t tun_reads;    /* read() calls on the TUN that returned a frame */
+    uint64_t tx_drop_no_route;
+    uint64_t tx_drop_malformed;
+    uint64_t tx_drop_socket_error;
+    /* peers -> TUN */
+    uint64_t rx_packets;   /* inner packets accepted */
+    uint64_t rx_bytes;
+    uint64_t rx_syscalls;  /* recvmmsg calls that returned data */
+    uint64_t tun_writes;   /* frames written to the TUN (a coalesced one counts once) */
+    uint64_t rx_drop_no_route;   /* inner source is in no leased subnet */
+    uint64_t rx_drop_spoofed;    /* outer source is not the PublicIP leasing the inner source */
+    uint64_t rx_drop_malformed;
+    uint64_t rx_drop_tun_full;
+    uint64_t rx_drop_tun_error;
+    uint64_t rx_drop_socket_error;
+} fp_stats;
+
+typedef struct fp_route {
+    uint32_t net;       /* subnet address */
+    uint8_t plen;       /* prefix length 0..32 */
+    uint32_t peer_ip;   /* PublicIP of the host leasing the subnet */
+    uint16_t peer_port; /* its UDP port */
+} fp_route;
+
+struct fp;
+struct fp_table;
+
+/* Open (or re-attach to) the persistent TUN `name` and bind a UDP socket on bind_ip:port.
+ * `features` is what to try; what the kernel refuses is dropped (see fp_features).
+ * On failure returns NULL and writes a message into err. */
+struct fp *fp_open(const char *name, uint32_t bind_ip, uint16_t port, int features, char *err, size_t errlen);
+int fp_features(const struct fp *fp);
+int fp_tun_fd(const struct fp *fp);
+int fp_start(struct fp *fp);  /* starts the two forwarding threads; 0 or -errno */
+void fp_stop(struct fp *fp);  /* stops and joins them (within ~100 ms) */
+void fp_close(struct fp *fp); /* stops, closes the fds (the TUN stays: it is persistent) */
+void fp_get_stats(const struct fp *fp, fp_stats *out);
+
+/* Replace the whole route table atomically while traffic flows. Returns 0 or -ENOMEM/-EINVAL. */
+int fp_set_routes(struct fp *fp, const fp_route *routes, int n);
+
+/* The pieces, exposed for tests (and used by the threads). */
+uint16_t fp_checksum(const uint8_t *buf, size_t len);
+struct fp_table *fp_table_build(const fp_route *routes, int n);
+int fp_table_lookup(const struct fp_table *t, uint32_t addr, fp_route *out);
+void fp_table_free(struct fp_table *t);
+/* Look `addr` up `iterations` times through the same lock-free path the threads use;
+ * returns how many lookups found no route (for concurrent-update tests). */
+uint64_t fp_lookup_loop(struct fp *fp, uint32_t addr, uint64_t iterations);
+
+/* TX: one frame as read from a TUN with a vnet header (10 bytes + packet). Writes what would be
+ * sent: the datagrams back to back, each `*seg_size` bytes (the last may be shorter). Returns
+ * the number of bytes written to out, or -1 if malformed. */
+long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, uint32_t *seg_size);
+
+/* RX: coalesce `n` inner packets (lens[i] bytes each, back to back in pkts) as the RX thread
+ * would, writing each resulting TUN frame (10-byte vnet header + packet) back to back into out
+ * and its length into out_lens. Returns the number of frames, or -1 if out is too small. */
+int fp_rx_coalesce(const uint8_t *pkts, const uint32_t *lens, int n, uint8_t *out, size_t cap,
+                   uint32_t *out_lens, int max_out);
+
+#endif

@@ -1,0 +1,110 @@
+"""The C fast path (cext/fastpath.c) seen from Python: open, start, routes, counters, stop.
+
+C owns the TUN, the UDP socket and the packets; this wrapper only passes policy across the
+fixed interface. cffi releases the GIL for every call, and the forwarding threads never take it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from netd._fastpath import ffi, lib  # type: ignore[import-not-found]
+from netd.errors import DataplaneError
+
+FEATURES = {"tun-tso": lib.FP_TUN_TSO, "udp-gso": lib.FP_UDP_GSO, "udp-gro": lib.FP_UDP_GRO}
+ALL_FEATURES = lib.FP_TUN_TSO | lib.FP_UDP_GSO | lib.FP_UDP_GRO
+
+#: fp_stats fields, each mapped to (direction, what): "packets"/"bytes"/... or a drop reason.
+STAT_FIELDS = [name for name, _ in ffi.typeof("fp_stats").fields]
+DROP_REASONS = {
+    "tx_drop_no_route": ("tx", "no_route"),
+    "tx_drop_malformed": ("tx", "malformed"),
+    "tx_drop_socket_error": ("tx", "socket_error"),
+    "rx_drop_no_route": ("rx", "no_route"),
+    "rx_drop_spoofed": ("rx", "spoofed"),
+    "rx_drop_malformed": ("rx", "malformed"),
+    "rx_drop_tun_full": ("rx", "tun_full"),
+    "rx_drop_tun_error": ("rx", "tun_error"),
+    "rx_drop_socket_error": ("rx", "socket_error"),
+}
+
+
+@dataclass(frozen=True, order=True)
+class UdpRoute:
+    subnet: ipaddress.IPv4Network
+    peer_ip: ipaddress.IPv4Address
+    peer_port: int
+
+
+class FastPath:
+    """One TUN (persistent, re-attached on restart) and one UDP socket, forwarded in C."""
+
+    def __init__(self, tun: str, bind_ip: ipaddress.IPv4Address, port: int, offloads: bool = True) -> None:
+        err = ffi.new("char[]", 256)
+        self._fp = lib.fp_open(tun.encode(), int(bind_ip), port, ALL_FEATURES if offloads else 0, err, 256)
+        if self._fp == ffi.NULL:
+            raise DataplaneError(ffi.string(err).decode(errors="replace"))
+        self.tun = tun
+        self.port = port
+        self._routes: tuple[UdpRoute, ...] = ()
+
+    @property
+    def features(self) -> set[str]:
+        on = lib.fp_features(self._fp)
+        return {name for name, bit in FEATURES.items() if on & bit}
+
+    def start(self) -> None:
+        rc = lib.fp_start(self._fp)
+        if rc != 0:
+            raise DataplaneError(f"starting the fast path threads failed: errno {-rc}")
+
+    def set_routes(self, routes: Iterable[UdpRoute]) -> None:
+        """Replace the route table atomically (traffic keeps flowing through the swap)."""
+        routes = tuple(sorted(set(routes)))
+        arr = ffi.new("fp_route[]", max(1, len(routes)))
+        for i, r in enumerate(routes):
+            arr[i].net = int(r.subnet.network_address)
+            arr[i].plen = r.subnet.prefixlen
+            arr[i].peer_ip = int(r.peer_ip)
+            arr[i].peer_port = r.peer_port
+        rc = lib.fp_set_routes(self._fp, arr, len(routes))
+        if rc != 0:
+            raise DataplaneError(f"fp_set_routes failed: errno {-rc}")
+        self._routes = routes
+
+    @property
+    def routes(self) -> tuple[UdpRoute, ...]:
+        return self._routes
+
+    def stats(self) -> dict[str, int]:
+        out = ffi.new("fp_stats *")
+        lib.fp_get_stats(self._fp, out)
+        return {name: int(getattr(out, name)) for name in STAT_FIELDS}
+
+    def lookup_loop(self, addr: ipaddress.IPv4Address, iterations: int) -> int:
+        """Misses among ``iterations`` lookups through the threads' lock-free path (tests)."""
+        return int(lib.fp_lookup_loop(self._fp, int(addr), iterations))
+
+    def close(self) -> None:
+        if self._fp != ffi.NULL:
+            lib.fp_close(self._fp)
+            self._fp = ffi.NULL
+
+
+def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address) -> UdpRoute | None:
+    """The C table's longest-prefix match, for tests: build a table, look up, free."""
+    routes = list(routes)
+    arr = ffi.new("fp_route[]", max(1, len(routes)))
+    for i, r in enumerate(routes):
+        arr[i].net, arr[i].plen = int(r.subnet.network_address), r.subnet.prefixlen
+        arr[i].peer_ip, arr[i].peer_port = int(r.peer_ip), r.peer_port
+    table = lib.fp_table_build(arr, len(routes))
+    try:
+        out = ffi.new("fp_route *")
+        if not lib.fp_table_lookup(table, int(addr), out):
+            return None
+        return UdpRoute(ipaddress.IPv4Network((out.net, out.plen)), ipaddress.IPv4Address(out.peer_ip), out.peer_port)
+    finally:
+        lib.fp_table_free(table)

@@ -1,0 +1,166 @@
+"""The C fast path's pieces through cffi, compared byte for byte with packets scapy builds."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.utils import checksum as scapy_checksum
+
+from netd.adapters.fastpath import UdpRoute, lookup
+
+fp = pytest.importorskip("netd._fastpath", reason="the C extension is built by `pip install -e .`")
+ffi, lib = fp.ffi, fp.lib
+
+NEEDS_CSUM, GSO_NONE, GSO_TCPV4 = 1, 0, 1
+SRC, DST = "10.5.1.11", "10.5.2.11"
+
+
+def vnet(flags=0, gso_type=GSO_NONE, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0) -> bytes:
+    return struct.pack("<BBHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
+def pseudo_partial(src: str, dst: str, proto: int, length: int) -> int:
+    """The not-complemented pseudo-header sum a CHECKSUM_PARTIAL packet carries."""
+    raw = ipaddress.IPv4Address(src).packed + ipaddress.IPv4Address(dst).packed + struct.pack("!HH", proto, length)
+    return 0xFFFF - scapy_checksum(raw) if scapy_checksum(raw) != 0xFFFF else 0xFFFF
+
+
+def tx_prepare(frame: bytes) -> tuple[bytes, int]:
+    out = ffi.new("uint8_t[]", 200_000)
+    seg = ffi.new("uint32_t *")
+    n = lib.fp_tx_prepare(frame, len(frame), out, 200_000, seg)
+    assert n >= 0, "fp_tx_prepare refused the frame"
+    return bytes(ffi.buffer(out, n)), seg[0]
+
+
+def rx_coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes]]:
+    blob = b"".join(packets)
+    lens = ffi.new("uint32_t[]", [len(p) for p in packets])
+    out = ffi.new("uint8_t[]", 300_000)
+    out_lens = ffi.new("uint32_t[]", 64)
+    n = lib.fp_rx_coalesce(blob, lens, len(packets), out, 300_000, out_lens, 64)
+    assert n >= 0
+    frames, off = [], 0
+    for i in range(n):
+        raw = bytes(ffi.buffer(out + off, out_lens[i]))
+        frames.append((raw[:10], raw[10:]))
+        off += out_lens[i]
+    return frames
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 7, 8, 20, 1500, 9001])
+def test_checksum_matches_scapy(size):
+    data = random.Random(size).randbytes(size)
+    assert lib.fp_checksum(data, size) == scapy_checksum(data)
+
+
+def segments_expected(payload: bytes, mss: int, seq0: int, id0: int, flags: str, options) -> list[bytes]:
+    out = []
+    n = max(1, -(-len(payload) // mss))
+    for i in range(n):
+        f = flags
+        if i < n - 1:
+            f = f.replace("P", "").replace("F", "")
+        pkt = IP(src=SRC, dst=DST, id=id0 + i, flags="DF", ttl=64) / TCP(
+            sport=40000, dport=5201, seq=seq0 + i * mss, ack=777, flags=f, window=501, options=options
+        ) / payload[i * mss:(i + 1) * mss]
+        out.append(bytes(pkt))
+    return out
+
+
+@pytest.mark.parametrize("payload_len,mss", [(10_000, 1400), (64_000, 1448), (1400, 1400), (1, 1400), (2801, 1400)])
+def test_tso_super_packet_is_cut_into_correct_segments(payload_len, mss):
+    options = [("NOP", None), ("NOP", None), ("Timestamp", (123456, 654321))]
+    payload = random.Random(payload_len).randbytes(payload_len)
+    sp = IP(src=SRC, dst=DST, id=1000, flags="DF", ttl=64) / TCP(
+        sport=40000, dport=5201, seq=4_000_000_000, ack=777, flags="PA", window=501, options=options) / payload
+    raw = bytearray(bytes(sp))
+    ihl = 20
+    # as the kernel hands it over: CHECKSUM_PARTIAL, TCP check = pseudo-header sum only
+    struct.pack_into("!H", raw, ihl + 16, pseudo_partial(SRC, DST, 6, len(raw) - ihl))
+    thl = (raw[ihl + 12] >> 4) * 4
+    frame = vnet(NEEDS_CSUM, GSO_TCPV4, ihl + thl, mss, ihl, 16) + bytes(raw)
+    out, seg_size = tx_prepare(frame)
+    expected = segments_expected(payload, mss, 4_000_000_000, 1000, "PA", options)
+    assert seg_size == len(expected[0])
+    assert out == b"".join(expected)  # seq wraps past 2^32, ids, checksums, flags: all as scapy builds them
+
+
+def test_non_gso_frame_with_partial_udp_checksum_is_completed():
+    pkt = IP(src=SRC, dst=DST) / UDP(sport=1, dport=2) / b"hello world"
+    raw = bytearray(bytes(pkt))
+    struct.pack_into("!H", raw, 26, pseudo_partial(SRC, DST, 17, len(raw) - 20))
+    out, seg = tx_prepare(vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 20, 6) + bytes(raw))
+    assert out == bytes(pkt) and seg == len(pkt)
+
+
+def test_ipv6_frame_passes_with_its_checksum_completed():
+    pkt = IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=2, flags="A") / (b"x" * 100)
+    full = bytes(pkt)
+    raw = bytearray(full)
+    # partial: pseudo header sum (src, dst, length, next header)
+    ph = bytes(raw[8:40]) + struct.pack("!IxxxB", len(raw) - 40, 6)
+    struct.pack_into("!H", raw, 40 + 16, 0xFFFF - scapy_checksum(ph))
+    out, _ = tx_prepare(vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 40, 16) + bytes(raw))
+    assert out == full
+
+
+def flow_segments(n: int, mss: int = 1400, seq0: int = 1, psh_last: bool = False, options=None) -> list[bytes]:
+    options = options if options is not None else [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]
+    out = []
+    for i in range(n):
+        flags = "PA" if psh_last and i == n - 1 else "A"
+        out.append(bytes(IP(src=SRC, dst=DST, id=50 + i, flags="DF") / TCP(
+            sport=40000, dport=5201, seq=seq0 + i * mss, ack=9, flags=flags, window=100, options=options)
+            / (bytes([i % 256]) * mss)))
+    return out
+
+
+def test_consecutive_segments_coalesce_into_one_tso_frame():
+    segs = flow_segments(10, psh_last=True)
+    frames = rx_coalesce(segs)
+    assert len(frames) == 1
+    hdr, pkt = frames[0]
+    assert struct.unpack("<BBHHHH", hdr) == (NEEDS_CSUM, GSO_TCPV4, 52, 1400, 20, 16)
+    payload = b"".join(bytes([i]) * 1400 for i in range(10))
+    expected = bytearray(bytes(IP(src=SRC, dst=DST, id=50, flags="DF") / TCP(
+        sport=40000, dport=5201, seq=1, ack=9, flags="PA", window=100,
+        options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]) / payload))
+    struct.pack_into("!H", expected, 36, pseudo_partial(SRC, DST, 6, len(expected) - 20))
+    assert pkt == bytes(expected)
+
+
+def test_gap_other_flow_and_control_segments_are_not_merged():
+    a = flow_segments(3)
+    gap = flow_segments(2, seq0=1 + 5 * 1400)  # seq jumps: a retransmission boundary
+    syn = bytes(IP(src=SRC, dst=DST) / TCP(sport=40000, dport=5201, flags="S"))
+    other = bytes(IP(src=SRC, dst="10.5.2.12", flags="DF") / TCP(sport=40000, dport=5201, seq=1, ack=9, flags="A")
+                  / (b"z" * 1400))
+    frames = rx_coalesce(a + gap + [syn, other])
+    kinds = [(struct.unpack("<BB", h[:2])[1], len(p)) for h, p in frames]
+    assert kinds == [(GSO_TCPV4, 52 + 3 * 1400), (GSO_TCPV4, 52 + 2 * 1400), (GSO_NONE, len(syn)),
+                     (GSO_NONE, len(other))]
+    assert frames[2][1] == syn and frames[3][1] == other  # untouched bytes
+    short_then_full = flow_segments(1)[0][:-400]  # a short segment ends a super-packet
+    frames = rx_coalesce([short_then_full] + flow_segments(2, seq0=1 + 1000))
+    assert [len(p) for _, p in frames][0] == len(short_then_full)
+
+
+def test_route_table_longest_prefix():
+    r = [UdpRoute(ipaddress.IPv4Network("10.5.0.0/16"), ipaddress.IPv4Address("192.0.2.1"), 8285),
+         UdpRoute(ipaddress.IPv4Network("10.5.3.0/24"), ipaddress.IPv4Address("192.0.2.3"), 8285),
+         UdpRoute(ipaddress.IPv4Network("10.5.3.128/25"), ipaddress.IPv4Address("192.0.2.4"), 9000)]
+    A = ipaddress.IPv4Address
+    assert lookup(r, A("10.5.3.200")).peer_ip == A("192.0.2.4")
+    assert lookup(r, A("10.5.3.1")).peer_ip == A("192.0.2.3")
+    assert lookup(r, A("10.5.77.1")).peer_ip == A("192.0.2.1")
+    assert lookup(r, A("10.6.0.1")) is None
+    many = [UdpRoute(ipaddress.IPv4Network((0x0A000000 + (i << 8), 24)), A(0xC0000200 + i % 250), 8285)
+            for i in range(5000)]
+    for i in (0, 1234, 4999):
+        assert lookup(many, A(0x0A000000 + (i << 8) + 7)).subnet.network_address == A(0x0A000000 + (i << 8))
