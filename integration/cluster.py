@@ -146,10 +146,12 @@ class Cluster:
         """Run a command on host i."""
         return sh(in_ns(self.host(i).ns, *cmd), check=check, timeout=timeout)
 
-    def netctl(self, i: int, *args: str) -> subprocess.CompletedProcess[str]:
+    def netctl(self, i: int, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "netd.cli.netctl_main", f"--etcd-endpoints={self.etcd_endpoint}",
                f"--etcd-prefix={self.etcd_prefix}", *args]
-        return self.exec(i, *cmd)
+        if args and args[0] == "stats":
+            cmd.append(f"--url=http://{self.host(i).ip}:{HEALTHZ_PORT}/metrics")
+        return self.exec(i, *cmd, check=check)
 
     def etcdctl(self, *args: str) -> str:
         assert self.etcd is not None
@@ -169,6 +171,7 @@ class Cluster:
             f"--etcd-prefix={self.etcd_prefix}",
             "--iface=eth0",
             f"--subnet-file={h.subnet_file}",
+            f"--state-dir={h.workdir}",
             f"--healthz-port={HEALTHZ_PORT}",
             f"--resync-interval={resync}",
             "--log-level=debug",
@@ -250,11 +253,16 @@ class Cluster:
     def peer_subnets(self, i: int) -> set[str]:
         return {str(self.subnet(j)) for j in range(1, len(self.hosts) + 1) if j != i}
 
+    def overlay_routes(self, i: int) -> set[str]:
+        """Peer subnets host i's data path routes, as netd reports them (any backend)."""
+        ready, body = self.readyz(i)
+        return set(body.get("routes", [])) if ready else set()  # type: ignore[call-overload]
+
     def wait_mesh(self, timeout: float = 15) -> None:
-        """Until every host's netd routes name exactly the other hosts' subnets."""
+        """Until every host's netd routes exactly the other hosts' subnets."""
         for i in range(1, len(self.hosts) + 1):
-            wait_for(lambda i=i: self.routes(i) == self.peer_subnets(i), timeout,
-                     lambda i=i: f"host {i} routes {self.routes(i)} != peers {self.peer_subnets(i)}")
+            wait_for(lambda i=i: self.overlay_routes(i) == self.peer_subnets(i), timeout,
+                     lambda i=i: f"host {i} routes {self.overlay_routes(i)} != peers {self.peer_subnets(i)}")
 
     def route_details(self, i: int) -> list[dict[str, object]]:
         return json.loads(self.exec(i, "ip", "-j", "route", "show", "proto", "101").stdout or "[]")

@@ -303,18 +303,6 @@ class VxlanBackend(_NetlinkBackend):
                 errors.append(f"{what}: {exc}")
 
 
-def make_backend(cfg: NetworkConfig, underlay: Underlay) -> Backend:
-    if cfg.backend.type == "vxlan":
-        return VxlanBackend(cfg, underlay)
-    if cfg.backend.type == "host-gw":
-        return HostGwBackend(cfg, underlay)
-    raise ConfigError(
-        f"backend {cfg.backend.type!r} is not available in this build of netd "
-        "(the udp fast path is tracked in issue #3); use vxlan or host-gw",
-        "Backend.Type",
-    )
-
-
 def enable_forwarding() -> None:
     """Hosts route between the overlay and their containers."""
     with open("/proc/sys/net/ipv4/ip_forward", "w") as fh:

@@ -187,6 +187,9 @@ class Agent:
         self.metrics.config_valid.set(1)
         if self.cfg is None:
             self.backend = await self._on_dataplane(self.make_backend, cfg)
+            stats, features = getattr(self.backend, "stats", None), getattr(self.backend, "features", None)
+            if stats is not None and features is not None:
+                self.metrics.attach_fast_path(stats, features)
             self.cfg = cfg
             log.info("network config: %s, /%d subnets, backend %s", cfg.network, cfg.subnet_len, cfg.backend.type)
         elif cfg != self.cfg:
@@ -243,6 +246,7 @@ class Agent:
             self._set_status(
                 True, "lease held, routes in place, subnet.env written",
                 subnet=str(own.subnet), public_ip=str(own.attrs.public_ip), peers=len(peers),
+                backend=backend.name, routes=sorted(str(r.dst) for r in desired.routes),
             )
 
     # -- lease -----------------------------------------------------------------------------

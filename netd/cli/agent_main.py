@@ -11,8 +11,9 @@ import sys
 from pyroute2 import IPRoute
 
 from netd import __version__
+from netd.adapters.backends import BackendOptions, make_backend
 from netd.adapters.http import HealthServer
-from netd.adapters.netlink import Backend, Underlay, enable_forwarding, find_underlay, make_backend
+from netd.adapters.netlink import Backend, Underlay, enable_forwarding, find_underlay
 from netd.agent.agent import Agent, AgentOptions
 from netd.agent.metrics import AgentMetrics
 from netd.cli.common import add_etcd_flags, env_bool, env_default, make_registry, setup_logging
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve /healthz, /readyz and /metrics here (0: off)")
     p.add_argument("--resync-interval", type=float, default=float(env_default("--resync-interval", 5.0)),
                    help="seconds between full reconciles (default %(default)s)")
+    p.add_argument("--udp-offloads", choices=["auto", "off"], default=env_default("--udp-offloads", "auto"),
+                   help="udp backend: use TSO/GSO/GRO where the kernel has them, or force plain mode")
+    p.add_argument("--state-dir", default=env_default("--state-dir", "/run/netd"),
+                   help="where netd caches state for fast restarts (default %(default)s)")
     p.add_argument("--log-format", choices=["text", "json"], default=env_default("--log-format", "text"))
     p.add_argument("--log-level", default=env_default("--log-level", "info"))
     p.add_argument("--version", action="version", version=f"netd {__version__}")
@@ -64,8 +69,10 @@ async def run(args: argparse.Namespace, underlay: Underlay) -> int:
              underlay.ifname, underlay.mtu, args.etcd_endpoints, args.etcd_prefix)
     enable_forwarding()
 
+    backend_options = BackendOptions(udp_offloads=args.udp_offloads == "auto", state_dir=args.state_dir)
+
     def backend_for(cfg: NetworkConfig) -> Backend:
-        return make_backend(cfg, underlay)
+        return make_backend(cfg, underlay, backend_options)
 
     metrics = AgentMetrics()
     opts = AgentOptions(

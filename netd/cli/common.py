@@ -63,3 +63,5 @@ def setup_logging(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # pyroute2 logs every netlink message at debug: keep it out of netd's own debug output
+    logging.getLogger("pyroute2").setLevel(max(logging.INFO, root.level))

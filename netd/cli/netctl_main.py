@@ -6,10 +6,11 @@ import argparse
 import asyncio
 import json
 import sys
+import urllib.request
 from typing import Any
 
 from netd.adapters.etcd import EtcdRegistry
-from netd.cli.common import add_etcd_flags, make_registry
+from netd.cli.common import add_etcd_flags, env_default, make_registry
 from netd.errors import ConfigError, NetdError
 from netd.model import parse_network_config
 from netd.model.config import BACKEND_DEFAULTS, network_config_from_json
@@ -33,7 +34,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     leases = sub.add_parser("leases", help="list subnet leases")
     leases.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    stats = sub.add_parser("stats", help="the udp fast path's counters of the local netd (from its /metrics)")
+    stats.add_argument("--url", default=env_default("--stats-url", "http://127.0.0.1:9180/metrics"),
+                       help="netd's metrics URL (default %(default)s)")
+    stats.add_argument("-o", "--output", choices=["table", "json"], default="table")
     return p
+
+
+def fast_path_stats(url: str) -> dict[str, object]:
+    """Read netd's /metrics and pick out the fast path's counters."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, object] = {"packets": {}, "bytes": {}, "syscalls": {}, "tun_frames": {}, "drops": {},
+                              "offloads": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name.removeprefix("netd_fastpath_").removesuffix("_total")
+            if name == "drops":
+                out["drops"][f"{sample.labels['direction']}/{sample.labels['reason']}"] = int(sample.value)  # type: ignore[index]
+            elif name == "offload":
+                out["offloads"][sample.labels["feature"]] = bool(sample.value)  # type: ignore[index]
+            elif name in out and sample.name.startswith("netd_fastpath_"):
+                key = sample.labels.get("direction") or sample.labels.get("op", "")
+                out[name][key] = int(sample.value)  # type: ignore[index]
+    return out
+
+
+def show_stats(args: argparse.Namespace) -> int:
+    try:
+        stats = fast_path_stats(args.url)
+    except OSError as exc:
+        print(f"netctl: cannot read {args.url}: {exc} (is netd running with --healthz-port?)", file=sys.stderr)
+        return 1
+    if not stats["offloads"]:
+        print(f"netctl: {args.url} has no fast path counters (the backend is not udp)", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(stats, indent=2))
+        return 0
+    for section in ("packets", "bytes", "syscalls", "tun_frames", "drops", "offloads"):
+        values = stats[section]
+        assert isinstance(values, dict)
+        print(f"{section}:")
+        for key, value in sorted(values.items()):
+            print(f"  {key:<22} {value}")
+    return 0
 
 
 async def config_set(reg: EtcdRegistry, args: argparse.Namespace) -> int:
@@ -93,6 +141,8 @@ async def list_leases(reg: EtcdRegistry, args: argparse.Namespace) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
+    if args.cmd == "stats":
+        return show_stats(args)
     reg = make_registry(args)
     try:
         if args.cmd == "config":

@@ -6,6 +6,7 @@ as a /32; for each peer lease (BackendType vxlan, BackendData.VtepMAC):
   * an FDB entry          <VtepMAC> dst <peer PublicIP>,
   * an onlink route       <peer subnet> via <peer subnet network address> dev flannel.<VNI>.
 host-gw: for each peer lease, a route <peer subnet> via <peer PublicIP> on the underlay link.
+udp: the same pairs, as the C fast path's route table (subnet -> peer PublicIP:Port).
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def desired_state(
             routes.add(Route(peer.subnet, gw, onlink=True))
             neighbours.add(Neighbour(gw, mac))
             fdb.add(FdbEntry(mac, peer.attrs.public_ip))
-        elif backend_type == "host-gw":
+        elif backend_type in ("host-gw", "udp"):
+            # host-gw: a kernel route via the peer; udp: the fast path's table, which also
+            # tells which PublicIP may send packets from the peer's subnet (anti-spoofing)
             routes.add(Route(peer.subnet, peer.attrs.public_ip))
         else:
             skipped.append(f"{peer.key}: backend {backend_type!r} has no kernel routes")
