@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 from netd.adapters.netlink import Backend, HostGwBackend, Underlay, VxlanBackend
 from netd.errors import ConfigError
@@ -13,17 +15,26 @@ from netd.model import NetworkConfig
 class BackendOptions:
     udp_offloads: bool = True
     state_dir: str | None = None
+    #: a FastPath re-attached from the route cache before etcd was reached (see netd.cli)
+    prestarted: Any = None
+
+
+def udp_route_cache(state_dir: str) -> str:
+    return os.path.join(state_dir, "udp-routes.json")
 
 
 def make_backend(cfg: NetworkConfig, underlay: Underlay, options: BackendOptions | None = None) -> Backend:
     options = options or BackendOptions()
+    if cfg.backend.type != "udp" and options.prestarted is not None:
+        options.prestarted.close()  # the cache is from a udp run; the config says otherwise now
     if cfg.backend.type == "vxlan":
         return VxlanBackend(cfg, underlay)
     if cfg.backend.type == "host-gw":
         return HostGwBackend(cfg, underlay)
     if cfg.backend.type == "udp":
-        from netd.adapters.udp import UdpBackend, default_state_file  # needs the compiled extension
+        from netd.adapters.udp import UdpBackend  # needs the compiled extension
 
-        state = default_state_file(options.state_dir) if options.state_dir else None
-        return UdpBackend(cfg, underlay, offloads=options.udp_offloads, state_file=state)
+        state = udp_route_cache(options.state_dir) if options.state_dir else None
+        return UdpBackend(cfg, underlay, offloads=options.udp_offloads, state_file=state,
+                          prestarted=options.prestarted)
     raise ConfigError(f"backend {cfg.backend.type!r} is not known", "Backend.Type")

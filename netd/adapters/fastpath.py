@@ -6,11 +6,16 @@ fixed interface. cffi releases the GIL for every call, and the forwarding thread
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
+import os
+import tempfile
 from collections.abc import Iterable
+from typing import Any
 from dataclasses import dataclass
 
-from netd._fastpath import ffi, lib  # type: ignore[import-not-found]
+from netd._fastpath import ffi, lib
 from netd.errors import DataplaneError
 
 FEATURES = {"tun-tso": lib.FP_TUN_TSO, "udp-gso": lib.FP_UDP_GSO, "udp-gro": lib.FP_UDP_GRO}
@@ -48,6 +53,7 @@ class FastPath:
             raise DataplaneError(ffi.string(err).decode(errors="replace"))
         self.tun = tun
         self.port = port
+        self.offloads_requested = offloads
         self._routes: tuple[UdpRoute, ...] = ()
 
     @property
@@ -108,3 +114,54 @@ def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address) -> UdpRoute 
         return UdpRoute(ipaddress.IPv4Network((out.net, out.plen)), ipaddress.IPv4Address(out.peer_ip), out.peer_port)
     finally:
         lib.fp_table_free(table)
+
+
+# -- route cache: lets a restarted netd forward before it has imported much or seen etcd -------
+def save_route_cache(path: str, tun: str, port: int, offloads: bool, routes: Iterable[UdpRoute]) -> None:
+    obj = {"tun": tun, "port": port, "offloads": offloads,
+           "routes": [[str(r.subnet), str(r.peer_ip), r.peer_port] for r in routes]}
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".udp-routes.", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def load_route_cache(path: str) -> dict[str, Any] | None:
+    """{"tun", "port", "offloads", "routes": [UdpRoute]} or None if absent or unreadable."""
+    try:
+        with open(path) as fh:
+            obj = json.load(fh)
+        obj["routes"] = [UdpRoute(ipaddress.IPv4Network(s), ipaddress.IPv4Address(ip), int(port))
+                         for s, ip, port in obj["routes"]]
+        str(obj["tun"])
+        int(obj["port"])
+        bool(obj["offloads"])
+        return obj
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def prestart_from_cache(path: str) -> FastPath | None:
+    """Re-attach to the persistent TUN and forward with the cached routes at once.
+
+    Called by `netd` before anything slow (imports, etcd); the udp backend adopts the result
+    when the config still matches, else closes it.
+    """
+    cache = load_route_cache(path)
+    if cache is None:
+        return None
+    try:
+        fast = FastPath(cache["tun"], ipaddress.IPv4Address("0.0.0.0"), cache["port"], cache["offloads"])
+    except DataplaneError:
+        return None
+    fast.offloads_requested = cache["offloads"]
+    fast.set_routes(cache["routes"])
+    fast.start()
+    return fast

@@ -5,24 +5,22 @@ underlay MTU - 28 and holds our subnet's network address with the cluster networ
 length, so the kernel routes the whole cluster network into it; leases carry PublicIP only.
 
 Restart without an outage: the TUN is persistent, and the route table is cached in
-``--state-dir``; a new netd re-attaches to the TUN and loads the cached table before it has
-talked to etcd, so forwarding resumes as soon as the process is up.
+``--state-dir``; a new netd re-attaches to the TUN and loads the cached table before its slow
+imports and before it has talked to etcd (``prestart_from_cache``), and the old one forwards
+until it exits, so traffic pauses only for the moment between the two processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import logging
-import os
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from netd.adapters.fastpath import FastPath, UdpRoute
-from netd.adapters.files import read_text, write_atomic
+from netd.adapters.fastpath import FastPath, UdpRoute, save_route_cache
 from netd.adapters.netlink import Underlay
 from netd.core.dataplane import DataplanePlan, DataplaneState, Route
 from netd.errors import DataplaneError
@@ -45,6 +43,7 @@ class UdpBackend:
         offloads: bool = True,
         state_file: str | None = None,
         tun: str = TUN_NAME,
+        prestarted: FastPath | None = None,
     ) -> None:
         self.cfg = cfg
         self.underlay = underlay
@@ -52,14 +51,21 @@ class UdpBackend:
         self.port = cfg.backend.port
         self.tun = tun
         self.state_file = state_file
-        self.fast = self._open(offloads)
-        cached = self._load_state()
-        if cached:
-            self.fast.set_routes(cached)
-        self.fast.start()
+        self.offloads = offloads
+        adopted = prestarted is not None and (prestarted.tun, prestarted.port, prestarted.offloads_requested) == (
+            tun, self.port, offloads)
+        if prestarted is not None and not adopted:
+            prestarted.close()  # the config changed since the cache was written
+        if adopted:
+            assert prestarted is not None
+            self.fast = prestarted
+        else:
+            self.fast = self._open(offloads)
+            self.fast.start()
         log.info("udp fast path on %s, port %d, offloads: %s%s", tun, self.port,
                  ", ".join(sorted(self.fast.features)) or "none (plain mode)",
-                 f"; {len(cached)} cached routes loaded" if cached else "")
+                 f"; re-attached before contacting etcd with {len(self.fast.routes)} cached routes"
+                 if adopted else "")
 
     def _open(self, offloads: bool) -> FastPath:
         try:
@@ -73,27 +79,10 @@ class UdpBackend:
             self.ipr.link("del", index=found[0])
             return FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads)
 
-    # -- state cache -------------------------------------------------------------------------
-    def _load_state(self) -> list[UdpRoute]:
-        if not self.state_file:
-            return []
-        try:
-            obj = json.loads(read_text(self.state_file) or "{}")
-            if obj.get("tun") != self.tun or obj.get("port") != self.port:
-                return []
-            return [UdpRoute(ipaddress.IPv4Network(s), ipaddress.IPv4Address(ip), int(port))
-                    for s, ip, port in obj.get("routes", [])]
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("ignoring unreadable route cache %s: %s", self.state_file, exc)
-            return []
-
     def _save_state(self) -> None:
-        if not self.state_file:
-            return
-        obj = {"tun": self.tun, "port": self.port,
-               "routes": [[str(r.subnet), str(r.peer_ip), r.peer_port] for r in self.fast.routes]}
-        with contextlib.suppress(OSError):
-            write_atomic(self.state_file, json.dumps(obj, indent=1) + "\n", mode=0o600)
+        if self.state_file:
+            with contextlib.suppress(OSError):
+                save_route_cache(self.state_file, self.tun, self.port, self.offloads, self.fast.routes)
 
     # -- Backend -------------------------------------------------------------------------------
     def backend_data(self) -> dict[str, Any]:
@@ -148,5 +137,3 @@ class UdpBackend:
         self.ipr.close()
 
 
-def default_state_file(state_dir: str) -> str:
-    return os.path.join(state_dir, "udp-routes.json")

@@ -141,14 +141,22 @@ class Agent:
             self._dataplane.shutdown(wait=True)
 
     def shutdown(self) -> None:
-        """Clean shutdown: remove ip-masq rules. The lease and routes stay, so a restart is seamless."""
+        """Clean shutdown: remove ip-masq rules. The lease and routes stay, so a restart is seamless.
+
+        The backend is left running: the udp fast path forwards until the process exits (see
+        close() for in-process users), so a restart's pause is as short as it can be.
+        """
         if self.masq is not None and self.opts.ip_masq:
             try:
                 self.masq.remove()
             except Exception as exc:  # noqa: BLE001 - shutting down anyway
                 log.warning("removing ip-masq rules failed: %s", exc)
+
+    def close(self) -> None:
+        """Release the backend (its kernel state stays). For agents embedded in a longer-lived process."""
         if self.backend is not None:
             self.backend.close()
+            self.backend = None
 
     async def _sync_loop(self) -> None:
         while not self._stopping.is_set():

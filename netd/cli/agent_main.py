@@ -5,20 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
-
-from pyroute2 import IPRoute
+from typing import TYPE_CHECKING, Any
 
 from netd import __version__
-from netd.adapters.backends import BackendOptions, make_backend
-from netd.adapters.http import HealthServer
-from netd.adapters.netlink import Backend, Underlay, enable_forwarding, find_underlay
-from netd.agent.agent import Agent, AgentOptions
-from netd.agent.metrics import AgentMetrics
 from netd.cli.common import add_etcd_flags, env_bool, env_default, make_registry, setup_logging
 from netd.errors import ConfigError, NetdError
-from netd.model import NetworkConfig
+
+# Everything slow to import (pyroute2, grpc) is imported in run(), after the udp fast path has
+# re-attached from its route cache: a restart then pauses traffic for as little as possible.
+if TYPE_CHECKING:
+    from netd.adapters.netlink import Backend, Underlay
+    from netd.model import NetworkConfig
 
 log = logging.getLogger("netd")
 
@@ -63,13 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def run(args: argparse.Namespace, underlay: Underlay) -> int:
+async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> int:
+    from netd.adapters.backends import BackendOptions, make_backend
+    from netd.adapters.http import HealthServer
+    from netd.adapters.netlink import enable_forwarding
+    from netd.agent.agent import Agent, AgentOptions
+    from netd.agent.metrics import AgentMetrics
+
     registry = make_registry(args)
     log.info("netd %s: public IP %s on %s (MTU %d), etcd %s, prefix %s", __version__, underlay.address,
              underlay.ifname, underlay.mtu, args.etcd_endpoints, args.etcd_prefix)
     enable_forwarding()
 
-    backend_options = BackendOptions(udp_offloads=args.udp_offloads == "auto", state_dir=args.state_dir)
+    backend_options = BackendOptions(udp_offloads=args.udp_offloads == "auto", state_dir=args.state_dir,
+                                     prestarted=prestarted)
 
     def backend_for(cfg: NetworkConfig) -> Backend:
         return make_backend(cfg, underlay, backend_options)
@@ -105,10 +112,22 @@ async def run(args: argparse.Namespace, underlay: Underlay) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.log_level)
+    prestarted = None
+    cache = os.path.join(args.state_dir, "udp-routes.json")
+    if os.path.exists(cache):
+        from netd.adapters.fastpath import prestart_from_cache
+
+        prestarted = prestart_from_cache(cache)
+        if prestarted is not None:
+            log.info("udp fast path re-attached to %s with %d cached routes", prestarted.tun, len(prestarted.routes))
     try:
+        from pyroute2 import IPRoute
+
+        from netd.adapters.netlink import find_underlay
+
         with IPRoute() as ipr:  # before the asyncio loop starts: pyroute2's sync API needs that
             underlay = find_underlay(ipr, args.iface, args.public_ip)
-        return asyncio.run(run(args, underlay))
+        return asyncio.run(run(args, underlay, prestarted))
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

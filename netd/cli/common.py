@@ -8,9 +8,10 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from netd.adapters.etcd import EtcdRegistry, EtcdTLS
+if TYPE_CHECKING:
+    from netd.adapters.etcd import EtcdRegistry
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/coreos.com/network"
@@ -37,6 +38,8 @@ def add_etcd_flags(p: argparse.ArgumentParser) -> None:
 
 
 def make_registry(args: argparse.Namespace) -> EtcdRegistry:
+    from netd.adapters.etcd import EtcdRegistry, EtcdTLS  # grpc is slow to import: only when needed
+
     tls = EtcdTLS(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
     return EtcdRegistry(args.etcd_endpoints, prefix=args.etcd_prefix, tls=tls)
 

@@ -73,6 +73,7 @@ def test_watch_resumes_after_a_break_and_relists_after_compaction(ns, tmp_path):
         finally:
             agent.stop()
             await asyncio.wait_for(task, 10)
+            agent.close()
 
     asyncio.run(main())
 
@@ -94,5 +95,6 @@ def test_lost_lease_is_reacquired_with_the_same_subnet(ns, tmp_path, ttl):
         finally:
             agent.stop()
             await asyncio.wait_for(task, 10)
+            agent.close()
 
     asyncio.run(main())

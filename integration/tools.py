@@ -1,0 +1,133 @@
+"""Traffic tools run inside namespaces by scenario tests: `python -m integration.tools CMD ...`.
+
+  tcp-recv PORT              accept one connection, print "<bytes> <sha256>" at EOF
+  tcp-send IP PORT MBYTES    send MBYTES of seeded pseudo-random data, print "<bytes> <sha256>"
+  udp-recv PORT SECONDS      print JSON {received, corrupt} for datagrams that carry their own digest
+  udp-send IP PORT N SIZES.. send N datagrams of those sizes (cycled) with a digest, print N
+  raw-udp IP PORT HEXFILE    send each line of HEXFILE (hex) as one datagram from port 0
+  random-udp IP PORT N SEED  send N datagrams of random bytes and random lengths (1..1500)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import socket
+import struct
+import sys
+import time
+
+CHUNK = 1 << 20
+
+
+def tcp_recv(port: int) -> None:
+    srv = socket.create_server(("0.0.0.0", port))
+    print("listening", flush=True)
+    conn, _ = srv.accept()
+    h, n = hashlib.sha256(), 0
+    while data := conn.recv(CHUNK):
+        h.update(data)
+        n += len(data)
+    print(n, h.hexdigest(), flush=True)
+
+
+def tcp_send(ip: str, port: int, mbytes: int) -> None:
+    rng = random.Random(42)
+    h, n = hashlib.sha256(), 0
+    with socket.create_connection((ip, port), timeout=60) as s:
+        for _ in range(mbytes):
+            data = rng.randbytes(CHUNK)
+            s.sendall(data)
+            h.update(data)
+            n += len(data)
+    print(n, h.hexdigest(), flush=True)
+
+
+def udp_recv(port: int, seconds: float) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(0.2)
+    print("listening", flush=True)
+    got, corrupt, deadline = 0, 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            data = s.recv(65535)
+        except TimeoutError:
+            continue
+        got += 1
+        if len(data) < 8 or hashlib.sha256(data[8:]).digest()[:8] != data[:8]:
+            corrupt += 1
+    print(json.dumps({"received": got, "corrupt": corrupt}), flush=True)
+
+
+def udp_send(ip: str, port: int, sizes: list[int], count: int) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rng = random.Random(7)
+    for i in range(count):
+        body = rng.randbytes(max(0, sizes[i % len(sizes)] - 8))
+        s.sendto(hashlib.sha256(body).digest()[:8] + body, (ip, port))
+        if i % 50 == 49:
+            time.sleep(0.002)  # a steady rate, not a burst test
+    print(count, flush=True)
+
+
+def raw_udp(ip: str, port: int, hexfile: str) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    n = 0
+    with open(hexfile) as fh:
+        for line in fh:
+            if line.strip():
+                s.sendto(bytes.fromhex(line.strip()), (ip, port))
+                n += 1
+    print(n, flush=True)
+
+
+def random_udp(ip: str, port: int, n: int, seed: int) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    rng = random.Random(seed)
+    pool = rng.randbytes(1 << 20)
+    sent = 0
+    for i in range(n):
+        size = rng.randint(1, 1500)
+        off = rng.randint(0, len(pool) - size)
+        data = bytearray(pool[off:off + size])
+        if i % 4 == 0 and size >= 20:  # a quarter look like IPv4 headers, to get past the first check
+            data[0] = 0x45
+            struct.pack_into("!H", data, 2, size)
+        while True:
+            try:
+                s.sendto(data, (ip, port))
+                break
+            except BlockingIOError:
+                time.sleep(0.001)
+        sent += 1
+        if i % 2000 == 1999:
+            time.sleep(0.003)  # stay under the receiver's socket buffer
+    print(sent, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    cmd, args = argv[0], argv[1:]
+    if cmd == "tcp-recv":
+        tcp_recv(int(args[0]))
+    elif cmd == "tcp-send":
+        tcp_send(args[0], int(args[1]), int(args[2]))
+    elif cmd == "udp-recv":
+        udp_recv(int(args[0]), float(args[1]))
+    elif cmd == "udp-send":
+        udp_send(args[0], int(args[1]), [int(x) for x in args[3:]], int(args[2]))
+    elif cmd == "raw-udp":
+        raw_udp(args[0], int(args[1]), args[2])
+    elif cmd == "random-udp":
+        random_udp(args[0], int(args[1]), int(args[2]), int(args[3]))
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
