@@ -67,35 +67,76 @@ struct vnet_hdr {
 /* ---------------------------------------------------------------- checksums ---- */
 /* Ones-complement sums over native-order words: the folded result stored back in native
  * order is the correct network-order checksum (RFC 1071 byte-order independence). */
-static uint64_t csum_add(const uint8_t *p, size_t len, uint64_t acc) {
-    while (len >= 8) {
-        uint32_t a, b;
-        memcpy(&a, p, 4);
-        memcpy(&b, p + 4, 4);
-        acc += (uint64_t)a + b;
-        p += 8;
-        len -= 8;
-    }
+static inline uint64_t add_carry(uint64_t a, uint64_t b) {
+    uint64_t s = a + b;
+    return s + (s < a); /* end-around carry: ones-complement addition on 64-bit words */
+}
+
+static uint64_t csum_tail(const uint8_t *p, size_t len, uint64_t acc) {
     if (len >= 4) {
         uint32_t a;
         memcpy(&a, p, 4);
-        acc += a;
+        acc = add_carry(acc, a);
         p += 4;
         len -= 4;
     }
     if (len >= 2) {
         uint16_t a;
         memcpy(&a, p, 2);
-        acc += a;
+        acc = add_carry(acc, a);
         p += 2;
         len -= 2;
     }
     if (len) {
         uint16_t a = 0;
         memcpy(&a, p, 1);
-        acc += a;
+        acc = add_carry(acc, a);
     }
     return acc;
+}
+
+static uint64_t csum_add(const uint8_t *p, size_t len, uint64_t acc) {
+    while (len >= 32) {
+        uint64_t a, b, c, d;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + 8, 8);
+        memcpy(&c, p + 16, 8);
+        memcpy(&d, p + 24, 8);
+        acc = add_carry(add_carry(acc, a), b);
+        acc = add_carry(add_carry(acc, c), d);
+        p += 32;
+        len -= 32;
+    }
+    while (len >= 8) {
+        uint64_t a;
+        memcpy(&a, p, 8);
+        acc = add_carry(acc, a);
+        p += 8;
+        len -= 8;
+    }
+    return csum_tail(p, len, acc);
+}
+
+/* Copy and checksum in one pass (the payload is read once). */
+static uint64_t csum_copy(uint8_t *dst, const uint8_t *src, size_t len, uint64_t acc) {
+    while (len >= 32) {
+        uint64_t a, b, c, d;
+        memcpy(&a, src, 8);
+        memcpy(&b, src + 8, 8);
+        memcpy(&c, src + 16, 8);
+        memcpy(&d, src + 24, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + 8, &b, 8);
+        memcpy(dst + 16, &c, 8);
+        memcpy(dst + 24, &d, 8);
+        acc = add_carry(add_carry(acc, a), b);
+        acc = add_carry(add_carry(acc, c), d);
+        src += 32;
+        dst += 32;
+        len -= 32;
+    }
+    memcpy(dst, src, len);
+    return csum_add(src, len, acc);
 }
 
 static uint16_t csum_fold(uint64_t s) {
@@ -110,9 +151,8 @@ static uint16_t csum_fold(uint64_t s) {
 /* pseudo header of IPv4 TCP/UDP: addresses straight from the IP header (memory order). */
 static uint64_t pseudo4(const uint8_t *ip, uint8_t proto, uint32_t l4len) {
     uint64_t s = csum_add(ip + 12, 8, 0);
-    s += htons(proto);
-    s += htons((uint16_t)l4len);
-    return s;
+    s = add_carry(s, htons(proto));
+    return add_carry(s, htons((uint16_t)l4len));
 }
 
 static void ip4_set_checksum(uint8_t *ip) {
@@ -326,7 +366,8 @@ static long segment_tcp4(const uint8_t *pkt, size_t len, uint16_t mss, uint8_t *
             chunk = mss;
         uint8_t *o = out + off;
         memcpy(o, pkt, hdrs);
-        memcpy(o + hdrs, pkt + hdrs + (size_t)i * mss, chunk);
+        /* the payload starts at an even offset (thl is a multiple of 4): its sum adds to the header's */
+        uint64_t payload_sum = csum_copy(o + hdrs, pkt + hdrs + (size_t)i * mss, chunk, 0);
         uint16_t tot = htons((uint16_t)(hdrs + chunk)), id = htons((uint16_t)(id0 + i));
         memcpy(o + 2, &tot, 2);
         memcpy(o + 4, &id, 2);
@@ -339,7 +380,8 @@ static long segment_tcp4(const uint8_t *pkt, size_t len, uint16_t mss, uint8_t *
         if (i > 0)
             th[13] &= (uint8_t)~0x80; /* CWR only on the first */
         th[16] = th[17] = 0;
-        uint16_t c = (uint16_t)~csum_fold(csum_add(th, thl + chunk, pseudo4(o, IPPROTO_TCP, (uint32_t)(thl + chunk))));
+        uint64_t sum = add_carry(csum_add(th, thl, pseudo4(o, IPPROTO_TCP, (uint32_t)(thl + chunk))), payload_sum);
+        uint16_t c = (uint16_t)~csum_fold(sum);
         memcpy(th + 16, &c, 2);
         off += hdrs + chunk;
     }
@@ -572,19 +614,28 @@ out:
 }
 
 /* ---------------------------------------------------------------- RX: coalescing ---- */
-typedef int (*frame_sink)(void *ctx, const uint8_t *hdr, const uint8_t *pkt, size_t len);
+/* The coalescer never copies payload: a super-packet is a header block (vnet header + the first
+ * segment's IP/TCP headers, fixed up at flush) and a list of payload slices that point into the
+ * receive buffers, handed to one writev. Buffers stay valid until the batch is flushed. */
+#define COAL_MAX_SEGS 64
+#define HDR_CAP (VNET_LEN + 60 + 60)
+
+typedef int (*frame_sink)(void *ctx, const struct iovec *iov, int n);
 
 struct coalescer {
-    uint8_t *buf; /* VNET_LEN bytes of header room, then the packet being built */
-    size_t len;   /* packet bytes in buf + VNET_LEN */
+    uint8_t hdr[HDR_CAP]; /* vnet header, then the first segment's headers */
+    struct iovec iov[COAL_MAX_SEGS + 2];
+    const uint8_t *first; /* the first segment, whole (written as is when alone) */
+    size_t first_len;
+    size_t len;           /* IP length of the super-packet so far */
     int nseg;
     size_t hdrs;
     uint16_t mss;
     size_t last_payload;
     uint32_t next_seq;
     int psh;
-    int tso;      /* may build super-packets (vnet TUN) */
-    int vnet;     /* frames carry a vnet header */
+    int tso;  /* may build super-packets (vnet TUN) */
+    int vnet; /* frames carry a vnet header */
     frame_sink sink;
     void *ctx;
     uint64_t writes, errors_full, errors_other;
@@ -592,8 +643,8 @@ struct coalescer {
 
 static const uint8_t zero_hdr[VNET_LEN];
 
-static void coal_emit(struct coalescer *c, const uint8_t *hdr, const uint8_t *pkt, size_t len) {
-    int r = c->sink(c->ctx, c->vnet ? hdr : NULL, pkt, len);
+static void coal_emit(struct coalescer *c, const struct iovec *iov, int n) {
+    int r = c->sink(c->ctx, iov, n);
     if (r == 0)
         c->writes++;
     else if (r == -EAGAIN || r == -ENOBUFS)
@@ -602,14 +653,22 @@ static void coal_emit(struct coalescer *c, const uint8_t *hdr, const uint8_t *pk
         c->errors_other++;
 }
 
+static void emit_single(struct coalescer *c, const uint8_t *pkt, size_t len) {
+    struct iovec iov[2];
+    int k = 0;
+    if (c->vnet)
+        iov[k++] = (struct iovec){(void *)zero_hdr, VNET_LEN};
+    iov[k++] = (struct iovec){(void *)pkt, len};
+    coal_emit(c, iov, k);
+}
+
 static void coal_flush(struct coalescer *c) {
     if (c->nseg == 0)
         return;
-    uint8_t *ip = c->buf + VNET_LEN;
     if (c->nseg == 1) {
-        coal_emit(c, zero_hdr, ip, c->len);
+        emit_single(c, c->first, c->first_len);
     } else {
-        size_t thl = c->hdrs - 20;
+        uint8_t *ip = c->hdr + VNET_LEN;
         uint16_t tot = htons((uint16_t)c->len);
         memcpy(ip + 2, &tot, 2);
         ip4_set_checksum(ip);
@@ -620,9 +679,9 @@ static void coal_flush(struct coalescer *c) {
         uint16_t ps = csum_fold(pseudo4(ip, IPPROTO_TCP, (uint32_t)(c->len - 20)));
         memcpy(th + 16, &ps, 2);
         struct vnet_hdr vh = {VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, (uint16_t)c->hdrs, c->mss, 20, 16};
-        (void)thl;
-        memcpy(c->buf, &vh, VNET_LEN);
-        coal_emit(c, c->buf, ip, c->len);
+        memcpy(c->hdr, &vh, VNET_LEN);
+        c->iov[0] = (struct iovec){c->hdr, VNET_LEN + c->hdrs};
+        coal_emit(c, c->iov, c->nseg + 1);
     }
     c->nseg = 0;
     c->len = 0;
@@ -644,8 +703,8 @@ static int coal_candidate(const uint8_t *p, size_t len) {
 }
 
 static int coal_mergeable(const struct coalescer *c, const uint8_t *p, size_t len) {
-    const uint8_t *q = c->buf + VNET_LEN; /* first packet's headers */
-    if (!coal_candidate(p, len) || c->psh || c->last_payload != c->mss)
+    const uint8_t *q = c->hdr + VNET_LEN; /* first segment's headers */
+    if (!coal_candidate(p, len) || c->psh || c->last_payload != c->mss || c->nseg >= COAL_MAX_SEGS)
         return 0;
     size_t payload = len - c->hdrs;
     if ((size_t)(p[32] >> 4) * 4 + 20 != c->hdrs || payload == 0 || payload > c->mss)
@@ -669,9 +728,8 @@ static int coal_mergeable(const struct coalescer *c, const uint8_t *p, size_t le
 static void coal_add(struct coalescer *c, const uint8_t *p, size_t len) {
     if (c->tso && c->nseg > 0 && coal_mergeable(c, p, len)) {
         size_t payload = len - c->hdrs;
-        memcpy(c->buf + VNET_LEN + c->len, p + c->hdrs, payload);
+        c->iov[++c->nseg] = (struct iovec){(void *)(p + c->hdrs), payload};
         c->len += payload;
-        c->nseg++;
         c->next_seq += (uint32_t)payload;
         c->last_payload = payload;
         c->psh = (p[33] & 0x08) != 0;
@@ -681,10 +739,13 @@ static void coal_add(struct coalescer *c, const uint8_t *p, size_t len) {
     }
     coal_flush(c);
     if (c->tso && coal_candidate(p, len)) {
-        memcpy(c->buf + VNET_LEN, p, len);
+        c->hdrs = 20 + (size_t)(p[32] >> 4) * 4;
+        memcpy(c->hdr + VNET_LEN, p, c->hdrs);
+        c->iov[1] = (struct iovec){(void *)(p + c->hdrs), len - c->hdrs};
+        c->first = p;
+        c->first_len = len;
         c->len = len;
         c->nseg = 1;
-        c->hdrs = 20 + (size_t)(p[32] >> 4) * 4;
         c->mss = (uint16_t)(len - c->hdrs);
         c->last_payload = c->mss;
         uint32_t seq;
@@ -695,7 +756,7 @@ static void coal_add(struct coalescer *c, const uint8_t *p, size_t len) {
             coal_flush(c);
         return;
     }
-    coal_emit(c, zero_hdr, p, len);
+    emit_single(c, p, len);
 }
 
 struct out_sink {
@@ -705,25 +766,26 @@ struct out_sink {
     int max, n;
 };
 
-static int sink_to_buffer(void *ctx, const uint8_t *hdr, const uint8_t *pkt, size_t len) {
+static int sink_to_buffer(void *ctx, const struct iovec *iov, int n) {
     struct out_sink *o = ctx;
-    size_t need = VNET_LEN + len;
+    size_t need = 0;
+    for (int i = 0; i < n; i++)
+        need += iov[i].iov_len;
     if (o->n >= o->max || o->used + need > o->cap)
         return -ENOSPC;
-    memcpy(o->out + o->used, hdr ? hdr : zero_hdr, VNET_LEN);
-    memcpy(o->out + o->used + VNET_LEN, pkt, len);
+    for (int i = 0; i < n; i++) {
+        memcpy(o->out + o->used, iov[i].iov_base, iov[i].iov_len);
+        o->used += iov[i].iov_len;
+    }
     o->lens[o->n++] = (uint32_t)need;
-    o->used += need;
     return 0;
 }
 
 int fp_rx_coalesce(const uint8_t *pkts, const uint32_t *lens, int n, uint8_t *out, size_t cap, uint32_t *out_lens,
                    int max_out) {
     struct out_sink o = {out, cap, 0, out_lens, max_out, 0};
-    struct coalescer c = {0};
-    c.buf = malloc(FRAME_CAP);
-    if (!c.buf)
-        return -1;
+    struct coalescer c;
+    memset(&c, 0, sizeof(c));
     c.tso = c.vnet = 1;
     c.sink = sink_to_buffer;
     c.ctx = &o;
@@ -733,20 +795,14 @@ int fp_rx_coalesce(const uint8_t *pkts, const uint32_t *lens, int n, uint8_t *ou
         off += lens[i];
     }
     coal_flush(&c);
-    free(c.buf);
     return c.errors_other || c.errors_full ? -1 : o.n;
 }
 
 /* ---------------------------------------------------------------- RX thread ---- */
-static int sink_to_tun(void *ctx, const uint8_t *hdr, const uint8_t *pkt, size_t len) {
+static int sink_to_tun(void *ctx, const struct iovec *iov, int n) {
     int fd = *(int *)ctx;
-    struct iovec iov[2];
-    int k = 0;
-    if (hdr)
-        iov[k++] = (struct iovec){(void *)hdr, VNET_LEN};
-    iov[k++] = (struct iovec){(void *)pkt, len};
     for (;;) {
-        ssize_t r = writev(fd, iov, k);
+        ssize_t r = writev(fd, iov, n);
         if (r >= 0)
             return 0;
         if (errno == EINTR)
@@ -796,18 +852,18 @@ static int rx_accept(const struct fp_table *t, uint32_t outer_src, const uint8_t
 static void *rx_main(void *arg) {
     struct fp *fp = arg;
     uint8_t *bufs = malloc((size_t)RX_BATCH * RX_BUF);
-    struct coalescer c = {0};
-    c.buf = malloc(FRAME_CAP);
+    struct coalescer *cp = calloc(1, sizeof(struct coalescer));
     struct mmsghdr msgs[RX_BATCH];
     struct iovec iov[RX_BATCH];
     struct sockaddr_in src[RX_BATCH];
     char ctrl[RX_BATCH][CMSG_SPACE(sizeof(int))];
-    if (!bufs || !c.buf)
+    if (!bufs || !cp)
         goto out;
-    c.vnet = fp->vnet;
-    c.tso = fp->vnet && (fp->features & FP_TUN_TSO);
-    c.sink = sink_to_tun;
-    c.ctx = &fp->tun_fd;
+    struct coalescer *c = cp;
+    c->vnet = fp->vnet;
+    c->tso = fp->vnet && (fp->features & FP_TUN_TSO);
+    c->sink = sink_to_tun;
+    c->ctx = &fp->tun_fd;
     while (!atomic_load(&fp->stop)) {
         table_release(fp, HZ_RX);
         struct pollfd p = {fp->udp_fd, POLLIN, 0};
@@ -829,7 +885,7 @@ static void *rx_main(void *arg) {
         struct fp_table *t = table_acquire(fp, HZ_RX);
         fp_stats st = {0};
         st.rx_syscalls = 1;
-        c.writes = c.errors_full = c.errors_other = 0;
+        c->writes = c->errors_full = c->errors_other = 0;
         for (int i = 0; i < n; i++) {
             size_t total = msgs[i].msg_len;
             size_t gso = total;
@@ -853,20 +909,20 @@ static void *rx_main(void *arg) {
                     continue;
                 st.rx_packets++;
                 st.rx_bytes += dl;
-                coal_add(&c, b + off, dl);
+                coal_add(c, b + off, dl);
             }
         }
-        coal_flush(&c);
+        coal_flush(c);
         table_release(fp, HZ_RX);
-        st.tun_writes = c.writes;
-        st.rx_drop_tun_full = c.errors_full;
-        st.rx_drop_tun_error = c.errors_other;
+        st.tun_writes = c->writes;
+        st.rx_drop_tun_full = c->errors_full;
+        st.rx_drop_tun_error = c->errors_other;
         stats_publish(fp, &st);
     }
 out:
     table_release(fp, HZ_RX);
     free(bufs);
-    free(c.buf);
+    free(cp);
     return NULL;
 }
 

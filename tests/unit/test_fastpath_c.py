@@ -59,6 +59,12 @@ def test_checksum_matches_scapy(size):
     assert lib.fp_checksum(data, size) == scapy_checksum(data)
 
 
+@pytest.mark.parametrize("fill,size", [(0xFF, 65535), (0xFF, 33), (0xFE, 4096), (0x00, 64)])
+def test_checksum_carries_on_extreme_data(fill, size):
+    data = bytes([fill]) * size
+    assert lib.fp_checksum(data, size) == scapy_checksum(data)
+
+
 def segments_expected(payload: bytes, mss: int, seq0: int, id0: int, flags: str, options) -> list[bytes]:
     out = []
     n = max(1, -(-len(payload) // mss))
