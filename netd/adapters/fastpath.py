@@ -12,8 +12,8 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from netd._fastpath import ffi, lib
 from netd.errors import DataplaneError
