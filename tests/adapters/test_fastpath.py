@@ -36,6 +36,8 @@ def churn(fp: FastPath, keep_target: bool, rounds: int, stop: threading.Event) -
 
 
 def lookups_during(fp: FastPath, keep_target: bool) -> int:
+    fp.set_routes([UdpRoute(N("10.5.7.0/24"), A("192.0.2.7"), 8285)])  # present before the first lookup
+    assert fp.lookup_loop(A("10.5.7.9"), 1000) == 0
     stop = threading.Event()
     writer = threading.Thread(target=churn, args=(fp, keep_target, 3000, stop))
     misses = 0
