@@ -76,14 +76,145 @@ class Host:
     subnet_file: str
     proc: subprocess.Popen[bytes] | None = None
     flags: list[str] = field(default_factory=list)
-    containers: list[Container] = field(default_factory=list)
 
     @property
     def log_path(self) -> str:
         return os.path.join(self.workdir, "netd.log")
 
 
-class Cluster:
+class ClusterBase:
+    """What scenario tests use, written once over a few primitives (exec, popen, copy_to, ...).
+
+    ``Cluster`` (namespace hosts) and ``VagrantCluster`` (integration/vagrant_cluster.py)
+    implement the primitives; everything else here works on either.
+    """
+
+    size: int
+
+    def exec(self, i: int, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        raise NotImplementedError
+
+    def popen(self, i: int, *cmd: str) -> subprocess.Popen[str]:
+        """Start a command on host i in the background (stdout piped, text)."""
+        raise NotImplementedError
+
+    def copy_to(self, i: int, src: str, dst: str) -> None:
+        raise NotImplementedError
+
+    def host_ip(self, i: int) -> str:
+        raise NotImplementedError
+
+    def subnet_file(self, i: int) -> str:
+        raise NotImplementedError
+
+    def netctl(self, i: int, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        raise NotImplementedError
+
+    def restart_netd(self, i: int) -> None:
+        raise NotImplementedError
+
+    def netd_log(self, i: int) -> str:
+        raise NotImplementedError
+
+    # -- built on the primitives -------------------------------------------------------------
+    def readyz(self, i: int) -> tuple[bool, dict[str, object]]:
+        probe = ("import json,urllib.request,urllib.error\n"
+                 "try:\n r=urllib.request.urlopen('http://127.0.0.1:%d/readyz',timeout=3); print(r.status, r.read().decode())\n"
+                 "except urllib.error.HTTPError as e: print(e.code, e.read().decode())\n"
+                 "except OSError as e: print(0, json.dumps({'reason': str(e)}))" % HEALTHZ_PORT)
+        out = self.exec(i, "python3", "-c", probe, check=False).stdout.strip()
+        try:
+            status, body = out.split(" ", 1)
+            return status == "200", json.loads(body)
+        except ValueError:
+            return False, {"reason": f"no answer: {out!r}"}
+
+    def wait_ready(self, *hosts: int, timeout: float = 30) -> None:
+        for i in hosts or range(1, self.size + 1):
+            wait_for(lambda i=i: self.readyz(i)[0], timeout,
+                     lambda i=i: f"host {i} not ready: {self.readyz(i)[1]}\n{self.netd_log(i)[-3000:]}")
+
+    def subnet(self, i: int) -> ipaddress.IPv4Network | None:
+        from netd.core.subnetenv import previous_subnet
+
+        return previous_subnet(self.exec(i, "cat", self.subnet_file(i), check=False).stdout)
+
+    def subnet_env(self, i: int) -> dict[str, str]:
+        from netd.core.subnetenv import parse_subnet_env
+
+        return parse_subnet_env(self.exec(i, "cat", self.subnet_file(i), check=False).stdout)
+
+    def routes(self, i: int, proto: int = 101) -> set[str]:
+        """Destinations of netd's kernel routes on host i."""
+        out = self.exec(i, "ip", "-j", "route", "show", "proto", str(proto)).stdout
+        return {r["dst"] for r in json.loads(out or "[]")}
+
+    def route_details(self, i: int) -> list[dict[str, object]]:
+        return json.loads(self.exec(i, "ip", "-j", "route", "show", "proto", "101").stdout or "[]")
+
+    def peer_subnets(self, i: int) -> set[str]:
+        return {str(self.subnet(j)) for j in range(1, self.size + 1) if j != i}
+
+    def overlay_routes(self, i: int) -> set[str]:
+        """Peer subnets host i's data path routes, as netd reports them (any backend)."""
+        ready, body = self.readyz(i)
+        return set(body.get("routes", [])) if ready else set()  # type: ignore[call-overload]
+
+    def wait_mesh(self, timeout: float = 15) -> None:
+        """Until every host's netd routes exactly the other hosts' subnets."""
+        for i in range(1, self.size + 1):
+            wait_for(lambda i=i: self.overlay_routes(i) == self.peer_subnets(i), timeout,
+                     lambda i=i: f"host {i} routes {self.overlay_routes(i)} != peers {self.peer_subnets(i)}")
+
+    def container_name(self, i: int, j: int) -> str:
+        return f"c{j}"
+
+    def add_container(self, i: int, timeout: float = 30) -> Container:
+        """A namespace 'container' on host i, on bridge cni0, addressed from the host's subnet.env
+        (what a CNI bridge plugin or docker would do)."""
+        wait_for(lambda: self.subnet(i) is not None, timeout, lambda: f"no subnet.env on host {i}")
+        subnet = self.subnet(i)
+        assert subnet is not None
+        mtu = self.subnet_env(i).get("FLANNEL_MTU", "1450")
+        gw = subnet.network_address + 1
+        if self.exec(i, "ip", "link", "show", "cni0", check=False).returncode != 0:
+            self.exec(i, "ip", "link", "add", "cni0", "type", "bridge")
+            self.exec(i, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", "cni0")
+            self.exec(i, "ip", "link", "set", "cni0", "mtu", mtu, "up")
+        existing = self.exec(i, "ip", "-br", "link", "show", "master", "cni0").stdout.split()
+        j = 1 + sum(1 for w in existing if w.startswith("ve") and "@" in w)
+        name = self.container_name(i, j)
+        ip = subnet.network_address + 10 + j
+        self.netns_add(i, name)
+        self.exec(i, "ip", "link", "add", f"ve{j}", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", name)
+        self.exec(i, "ip", "link", "set", f"ve{j}", "master", "cni0", "up")
+        c = Container(name, i, ip)
+        self.container_exec(c, "ip", "link", "set", "lo", "up")
+        self.container_exec(c, "ip", "link", "set", "eth0", "mtu", mtu, "up")
+        self.container_exec(c, "ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", "eth0")
+        self.container_exec(c, "ip", "route", "add", "default", "via", str(gw))
+        return c
+
+    def netns_add(self, i: int, name: str) -> None:
+        self.exec(i, "ip", "netns", "add", name)
+
+    def container_exec(self, c: Container, *cmd: str, check: bool = True,
+                       timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.exec(c.host, "ip", "netns", "exec", c.name, *cmd, check=check, timeout=timeout)
+
+    def container_popen(self, c: Container, *cmd: str) -> subprocess.Popen[str]:
+        return self.popen(c.host, "ip", "netns", "exec", c.name, *cmd)
+
+    def ping(self, src: Container, dst: ipaddress.IPv4Address | str, count: int = 1,
+             interval: float = 0.2, deadline: float = 5) -> subprocess.CompletedProcess[str]:
+        return self.container_exec(src, "ping", "-n", "-c", str(count), "-i", str(interval), "-w", str(deadline),
+                                   str(dst), check=False, timeout=deadline + 30)
+
+    def can_ping(self, src: Container, dst: ipaddress.IPv4Address | str) -> bool:
+        return self.ping(src, dst, count=1, deadline=3).returncode == 0
+
+
+class Cluster(ClusterBase):
     """n namespace hosts on one underlay, with a real etcd on the underlay."""
 
     def __init__(self, n: int, etcd: bool = True, etcd_prefix: str = "/coreos.com/network") -> None:
@@ -137,6 +268,42 @@ class Cluster:
         return self.hosts[i - 1]
 
     @property
+    def size(self) -> int:  # type: ignore[override]
+        return len(self.hosts)
+
+    def host_ip(self, i: int) -> str:
+        return self.host(i).ip
+
+    def subnet_file(self, i: int) -> str:
+        return self.host(i).subnet_file
+
+    def container_name(self, i: int, j: int) -> str:
+        return f"{self.host(i).ns}c{j}"
+
+    def popen(self, i: int, *cmd: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(in_ns(self.host(i).ns, *cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    # Namespaces made or entered from inside `ip netns exec` live in its private mount namespace:
+    # container namespaces are made and entered from here instead.
+    def netns_add(self, i: int, name: str) -> None:
+        sh(["ip", "netns", "add", name])
+
+    def container_exec(self, c: Container, *cmd: str, check: bool = True,
+                       timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return sh(in_ns(c.name, *cmd), check=check, timeout=timeout)
+
+    def container_popen(self, c: Container, *cmd: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(in_ns(c.name, *cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def copy_to(self, i: int, src: str, dst: str) -> None:
+        shutil.copyfile(src, dst)  # the namespace hosts share this machine's filesystem
+
+    def restart_netd(self, i: int) -> None:
+        self.stop_netd(i)
+        self.start_netd(i, *self.host(i).flags[8:])
+
+    @property
     def etcd_endpoint(self) -> str:
         assert self.etcd is not None
         return self.etcd.endpoint
@@ -166,7 +333,7 @@ class Cluster:
         h = self.host(i)
         if h.proc is not None and h.proc.poll() is None:
             raise RuntimeError(f"netd already runs on host {i}")
-        h.flags = [
+        h.flags = [  # restart_netd relies on the extra flags coming after these 8
             f"--etcd-endpoints={self.etcd_endpoint}",
             f"--etcd-prefix={self.etcd_prefix}",
             "--iface=eth0",
@@ -177,6 +344,7 @@ class Cluster:
             "--log-level=debug",
             *extra,
         ]
+        assert h.flags[8:] == list(extra)
         logf = open(h.log_path, "ab")  # noqa: SIM115 - handed to the child
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         h.proc = subprocess.Popen(
@@ -230,83 +398,6 @@ class Cluster:
         except OSError as exc:
             return False, {"reason": f"healthz unreachable: {exc}"}
         return status == 200, json.loads(body)
-
-    def wait_ready(self, *hosts: int, timeout: float = 30) -> None:
-        for i in hosts or range(1, len(self.hosts) + 1):
-            wait_for(lambda i=i: self.readyz(i)[0], timeout,
-                     lambda i=i: f"host {i} not ready: {self.readyz(i)[1]}\n{self.netd_log(i)[-3000:]}")
-
-    def subnet(self, i: int) -> ipaddress.IPv4Network | None:
-        from netd.core.subnetenv import previous_subnet
-
-        try:
-            with open(self.host(i).subnet_file) as fh:
-                return previous_subnet(fh.read())
-        except OSError:
-            return None
-
-    def routes(self, i: int, proto: int = 101) -> set[str]:
-        """Destinations of netd's routes on host i."""
-        out = self.exec(i, "ip", "-j", "route", "show", "proto", str(proto)).stdout
-        return {r["dst"] for r in json.loads(out or "[]")}
-
-    def peer_subnets(self, i: int) -> set[str]:
-        return {str(self.subnet(j)) for j in range(1, len(self.hosts) + 1) if j != i}
-
-    def overlay_routes(self, i: int) -> set[str]:
-        """Peer subnets host i's data path routes, as netd reports them (any backend)."""
-        ready, body = self.readyz(i)
-        return set(body.get("routes", [])) if ready else set()  # type: ignore[call-overload]
-
-    def wait_mesh(self, timeout: float = 15) -> None:
-        """Until every host's netd routes exactly the other hosts' subnets."""
-        for i in range(1, len(self.hosts) + 1):
-            wait_for(lambda i=i: self.overlay_routes(i) == self.peer_subnets(i), timeout,
-                     lambda i=i: f"host {i} routes {self.overlay_routes(i)} != peers {self.peer_subnets(i)}")
-
-    def route_details(self, i: int) -> list[dict[str, object]]:
-        return json.loads(self.exec(i, "ip", "-j", "route", "show", "proto", "101").stdout or "[]")
-
-    # -- containers ----------------------------------------------------------------------------
-    def add_container(self, i: int) -> Container:
-        """A namespace 'container' on host i, addressed from the host's subnet.env."""
-        h = self.host(i)
-        wait_for(lambda: self.subnet(i) is not None, 30, lambda: f"no subnet.env on host {i}")
-        subnet = self.subnet(i)
-        assert subnet is not None
-        env = {}
-        with open(h.subnet_file) as fh:
-            for line in fh:
-                k, _, v = line.strip().partition("=")
-                env[k] = v
-        mtu = env.get("FLANNEL_MTU", "1450")
-        gw = subnet.network_address + 1
-        if self.exec(i, "ip", "link", "show", "cni0", check=False).returncode != 0:
-            self.exec(i, "ip", "link", "add", "cni0", "type", "bridge")
-            self.exec(i, "ip", "addr", "add", f"{gw}/{subnet.prefixlen}", "dev", "cni0")
-            self.exec(i, "ip", "link", "set", "cni0", "mtu", mtu, "up")
-        j = len(h.containers) + 1
-        name = f"{h.ns}c{j}"
-        ip = subnet.network_address + 10 + j
-        sh(["ip", "netns", "add", name])
-        sh(in_ns(name, "ip", "link", "set", "lo", "up"))
-        self.exec(i, "ip", "link", "add", f"ve{j}", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
-                  "netns", name)
-        self.exec(i, "ip", "link", "set", f"ve{j}", "master", "cni0", "up")
-        sh(in_ns(name, "ip", "link", "set", "eth0", "mtu", mtu, "up"))
-        sh(in_ns(name, "ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", "eth0"))
-        sh(in_ns(name, "ip", "route", "add", "default", "via", str(gw)))
-        c = Container(name, i, ip)
-        h.containers.append(c)
-        return c
-
-    def ping(self, src: Container, dst: ipaddress.IPv4Address | str, count: int = 1,
-             interval: float = 0.2, deadline: float = 5) -> subprocess.CompletedProcess[str]:
-        return sh(in_ns(src.name, "ping", "-n", "-c", str(count), "-i", str(interval), "-w", str(deadline),
-                        str(dst)), check=False, timeout=deadline + 10)
-
-    def can_ping(self, src: Container, dst: ipaddress.IPv4Address | str) -> bool:
-        return self.ping(src, dst, count=1, deadline=2).returncode == 0
 
     # -- teardown --------------------------------------------------------------------------------
     def close(self) -> None:
