@@ -118,10 +118,11 @@ class ClusterBase:
 
     # -- built on the primitives -------------------------------------------------------------
     def readyz(self, i: int) -> tuple[bool, dict[str, object]]:
+        url = f"http://127.0.0.1:{HEALTHZ_PORT}/readyz"
         probe = ("import json,urllib.request,urllib.error\n"
-                 "try:\n r=urllib.request.urlopen('http://127.0.0.1:%d/readyz',timeout=3); print(r.status, r.read().decode())\n"
+                 f"try:\n r=urllib.request.urlopen('{url}',timeout=3); print(r.status, r.read().decode())\n"
                  "except urllib.error.HTTPError as e: print(e.code, e.read().decode())\n"
-                 "except OSError as e: print(0, json.dumps({'reason': str(e)}))" % HEALTHZ_PORT)
+                 "except OSError as e: print(0, json.dumps({'reason': str(e)}))")
         out = self.exec(i, "python3", "-c", probe, check=False).stdout.strip()
         try:
             status, body = out.split(" ", 1)

@@ -2,8 +2,21 @@
 # Runs on each VM (as root) when Vagrant provisions it: installs netd offline from the wheels
 # copied in, the systemd unit and its EnvironmentFile; node 1 also runs etcd and sets the config.
 set -eu
-INDEX=$1 ETCD_IP=$2 BACKEND=$3
-MY_IP=$(ip -4 -o addr show dev eth1 | awk '{print $4}' | cut -d/ -f1)
+INDEX=$1 ETCD_IP=$2 BACKEND=$3 MY_IP=$4
+
+# The underlay address and the hostname, made persistent here (unless Vagrant's guest plugin already
+# wrote them): a VM restarted by `vagrant reload` must come back with both, untouched by anyone.
+hostnamectl set-hostname "node$INDEX" 2>/dev/null || echo "node$INDEX" > /etc/hostname
+hostname "node$INDEX"
+grep -q "node$INDEX" /etc/hosts || echo "127.0.1.1 node$INDEX" >> /etc/hosts
+if ! grep -q "eth1" /etc/network/interfaces /etc/network/interfaces.d/* 2>/dev/null; then
+    cat > /etc/network/interfaces.d/eth1 <<IFACE
+auto eth1
+iface eth1 inet static
+    address $MY_IP/24
+IFACE
+fi
+ip -4 addr show dev eth1 | grep -q "$MY_IP/" || ifup eth1
 
 if [ ! -x /opt/netd/bin/netd ] || [ -n "$(find /tmp/netd-wheels -newer /opt/netd/bin/netd -name 'netd-*.whl')" ]; then
     [ -d /opt/netd ] || python3 -m venv /opt/netd
