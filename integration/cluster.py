@@ -110,7 +110,36 @@ class ClusterBase:
     def netctl(self, i: int, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         raise NotImplementedError
 
+    def reboot(self, i: int) -> None:
+        """What a reboot does to a host: processes die, its network namespace (devices, routes,
+        containers) is gone and so is /run (subnet.env, the udp route cache); then netd starts
+        again with the same flags, as systemd would. Its underlay address stays."""
+        h = self.host(i)
+        flags = h.flags[8:]
+        self.stop_netd(i, signal.SIGKILL)
+        self._delete_namespaces(f"{h.ns}c")
+        subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
+        # the kernel tears the namespace down asynchronously: remove the underlay end now
+        subprocess.run(in_ns(self.underlay_ns, "ip", "link", "del", f"h{i}"), capture_output=True)
+        shutil.rmtree(h.workdir, ignore_errors=True)
+        self.hosts[i - 1] = self._make_host(i)
+        self.start_netd(i, *flags)
+
+    def _delete_namespaces(self, prefix: str) -> None:
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(prefix):
+                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
     def restart_netd(self, i: int) -> None:
+        raise NotImplementedError
+
+    def reboot(self, i: int) -> None:
         raise NotImplementedError
 
     def netd_log(self, i: int) -> str:
@@ -250,6 +279,11 @@ class Cluster(ClusterBase):
             self._add_host(i)
 
     def _add_host(self, i: int) -> Host:
+        host = self._make_host(i)
+        self.hosts.append(host)
+        return host
+
+    def _make_host(self, i: int) -> Host:
         ns = f"{self.tag}-h{i}"
         ip = str(UNDERLAY.network_address + 10 + i)
         workdir = os.path.join(self.workdir, f"h{i}")
@@ -261,9 +295,7 @@ class Cluster(ClusterBase):
         sh(in_ns(ns, "ip", "link", "set", "eth0", "up"))
         sh(in_ns(ns, "ip", "route", "add", "default", "via", GATEWAY))
         sh(in_ns(self.underlay_ns, "ip", "link", "set", f"h{i}", "master", "br0", "up"))
-        host = Host(i, ns, ip, workdir, os.path.join(workdir, "subnet.env"))
-        self.hosts.append(host)
-        return host
+        return Host(i, ns, ip, workdir, os.path.join(workdir, "subnet.env"))
 
     def host(self, i: int) -> Host:
         return self.hosts[i - 1]
@@ -299,6 +331,32 @@ class Cluster(ClusterBase):
 
     def copy_to(self, i: int, src: str, dst: str) -> None:
         shutil.copyfile(src, dst)  # the namespace hosts share this machine's filesystem
+
+    def reboot(self, i: int) -> None:
+        """What a reboot does to a host: processes die, its network namespace (devices, routes,
+        containers) is gone and so is /run (subnet.env, the udp route cache); then netd starts
+        again with the same flags, as systemd would. Its underlay address stays."""
+        h = self.host(i)
+        flags = h.flags[8:]
+        self.stop_netd(i, signal.SIGKILL)
+        self._delete_namespaces(f"{h.ns}c")
+        subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
+        # the kernel tears the namespace down asynchronously: remove the underlay end now
+        subprocess.run(in_ns(self.underlay_ns, "ip", "link", "del", f"h{i}"), capture_output=True)
+        shutil.rmtree(h.workdir, ignore_errors=True)
+        self.hosts[i - 1] = self._make_host(i)
+        self.start_netd(i, *flags)
+
+    def _delete_namespaces(self, prefix: str) -> None:
+        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name.startswith(prefix):
+                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
     def restart_netd(self, i: int) -> None:
         self.stop_netd(i)
@@ -407,16 +465,7 @@ class Cluster(ClusterBase):
                 self.stop_netd(h.index, signal.SIGKILL)
         if self.etcd is not None:
             self.etcd.kill()
-        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        for line in listing.splitlines():
-            name = line.split()[0] if line.split() else ""
-            if name.startswith(f"{self.tag}-"):
-                subprocess.run(["ip", "netns", "pids", name], capture_output=True)
-                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError, ValueError):
-                        os.kill(int(pid), signal.SIGKILL)
-                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self._delete_namespaces(f"{self.tag}-")
         if os.environ.get("NETD_KEEP_LOGS"):
             print(f"cluster logs kept in {self.workdir}", file=sys.stderr)
         else:

@@ -111,6 +111,7 @@ class _NetlinkBackend:
         self.cfg = cfg
         self.underlay = underlay
         self.ipr = ipr or IPRoute()
+        remove_other_backends(self.ipr, self.name)
 
     def close(self) -> None:
         self.ipr.close()
@@ -301,6 +302,39 @@ class VxlanBackend(_NetlinkBackend):
         except NetlinkError as exc:
             if not (args and args[0] == "del" and _ignore(exc, errno.ENOENT, errno.ESRCH)):
                 errors.append(f"{what}: {exc}")
+
+
+UDP_TUN = "flannel0"
+
+
+def remove_other_backends(ipr: IPRoute, keep: str) -> list[str]:
+    """Delete what another backend left behind, so it cannot steer traffic after a backend change.
+
+    (A leftover flannel.1 route for a peer's /24 would beat flannel0's /16 and carry "udp"
+    traffic over vxlan, until the peer's flannel.1 went away.) Returns what was removed.
+    """
+    removed = []
+    for link in ipr.get_links():
+        name = link.get_attr("IFLA_IFNAME") or ""
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        if (keep != "vxlan" and kind == "vxlan" and name.startswith("flannel.")) or (
+            keep != "udp" and kind == "tun" and name == UDP_TUN
+        ):
+            ipr.link("del", index=link["index"])
+            removed.append(name)
+    if keep == "udp":  # the udp backend routes in its own table: no netd kernel route is wanted
+        for r in ipr.route("dump", family=socket.AF_INET, proto=RTPROT_NETD):
+            dst = f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
+            try:
+                ipr.route("del", dst=dst, proto=RTPROT_NETD)
+                removed.append(f"route {dst}")
+            except NetlinkError as exc:
+                if not _ignore(exc, errno.ESRCH, errno.ENOENT):
+                    raise
+    for what in removed:
+        log.info("removed %s, left by another backend", what)
+    return removed
 
 
 def enable_forwarding() -> None:

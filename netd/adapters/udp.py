@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netd.adapters.fastpath import FastPath, UdpRoute, save_route_cache
-from netd.adapters.netlink import Underlay
+from netd.adapters.netlink import Underlay, remove_other_backends
 from netd.core.dataplane import DataplanePlan, DataplaneState, Route
 from netd.errors import DataplaneError
 from netd.model import Lease, NetworkConfig
@@ -48,6 +48,7 @@ class UdpBackend:
         self.cfg = cfg
         self.underlay = underlay
         self.ipr = ipr or IPRoute()
+        remove_other_backends(self.ipr, self.name)
         self.port = cfg.backend.port
         self.tun = tun
         self.state_file = state_file
