@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* cdef-begin: cext/build_fastpath.py hands everything up to cdef-end to cffi's cdef */
 /* Offload features (requested in fp_open, effective ones read back with fp_features). */
 #define FP_TUN_TSO  1 /* TUN with IFF_VNET_HDR + TUNSETOFFLOAD: TCP super-packets both ways */
 #define FP_UDP_GSO  2 /* UDP_SEGMENT: one sendmsg carries many datagrams */
@@ -84,4 +85,5 @@ long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, u
 int fp_rx_coalesce(const uint8_t *pkts, const uint32_t *lens, int n, uint8_t *out, size_t cap,
                    uint32_t *out_lens, int max_out);
 
+/* cdef-end */
 #endif

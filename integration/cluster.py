@@ -111,35 +111,9 @@ class ClusterBase:
         raise NotImplementedError
 
     def reboot(self, i: int) -> None:
-        """What a reboot does to a host: processes die, its network namespace (devices, routes,
-        containers) is gone and so is /run (subnet.env, the udp route cache); then netd starts
-        again with the same flags, as systemd would. Its underlay address stays."""
-        h = self.host(i)
-        flags = h.flags[8:]
-        self.stop_netd(i, signal.SIGKILL)
-        self._delete_namespaces(f"{h.ns}c")
-        subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
-        # the kernel tears the namespace down asynchronously: remove the underlay end now
-        subprocess.run(in_ns(self.underlay_ns, "ip", "link", "del", f"h{i}"), capture_output=True)
-        shutil.rmtree(h.workdir, ignore_errors=True)
-        self.hosts[i - 1] = self._make_host(i)
-        self.start_netd(i, *flags)
-
-    def _delete_namespaces(self, prefix: str) -> None:
-        listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        for line in listing.splitlines():
-            name = line.split()[0] if line.split() else ""
-            if name.startswith(prefix):
-                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError, ValueError):
-                        os.kill(int(pid), signal.SIGKILL)
-                subprocess.run(["ip", "netns", "del", name], capture_output=True)
-
-    def restart_netd(self, i: int) -> None:
         raise NotImplementedError
 
-    def reboot(self, i: int) -> None:
+    def restart_netd(self, i: int) -> None:
         raise NotImplementedError
 
     def netd_log(self, i: int) -> str:

@@ -6,16 +6,14 @@ fixed interface. cffi releases the GIL for every call, and the forwarding thread
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from netd._fastpath import ffi, lib
+from netd.adapters.files import write_atomic
 from netd.errors import DataplaneError
 
 FEATURES = {"tun-tso": lib.FP_TUN_TSO, "udp-gso": lib.FP_UDP_GSO, "udp-gro": lib.FP_UDP_GRO}
@@ -120,17 +118,7 @@ def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address) -> UdpRoute 
 def save_route_cache(path: str, tun: str, port: int, offloads: bool, routes: Iterable[UdpRoute]) -> None:
     obj = {"tun": tun, "port": port, "offloads": offloads,
            "routes": [[str(r.subnet), str(r.peer_ip), r.peer_port] for r in routes]}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".udp-routes.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(obj), mode=0o600)
 
 
 def load_route_cache(path: str) -> dict[str, Any] | None:

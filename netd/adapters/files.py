@@ -1,4 +1,4 @@
-"""Files netd writes: subnet.env, atomically (temp file, fsync, rename)."""
+"""Files netd writes (subnet.env, the udp route cache), atomically: temp file, fsync, rename."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> bool:
         pass
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".subnet.env.", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
