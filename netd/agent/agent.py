@@ -82,6 +82,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._have_revision = asyncio.Event()
+        self._warned: dict[str, set[str]] = {}
         # Kernel work (netlink, nft) runs on one thread of its own: pyroute2's sync API cannot
         # run inside an asyncio loop, and one thread keeps dataplane changes serialised.
         self._dataplane = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dataplane")
@@ -214,8 +215,7 @@ class Agent:
         if self.last_revision is None:
             self.last_revision = snap.revision
             self._have_revision.set()
-        for bad in snap.invalid:
-            log.warning("ignoring unparseable subnet key %s", bad)
+        self._warn_on_change("invalid", snap.invalid, "ignoring unparseable subnet key %s")
 
         own = await self._ensure_lease(cfg, snap)
         leases = [lease for lease in snap.leases if lease.subnet != own.subnet] + [own]
@@ -239,8 +239,7 @@ class Agent:
                 len(plan.del_neighbours), len(plan.add_fdb), len(plan.del_fdb),
                 f"; errors: {'; '.join(errors)}" if errors else "",
             )
-        for why in skipped:
-            log.warning("peer skipped: %s", why)
+        self._warn_on_change("skipped", skipped, "peer skipped: %s")
         if self.masq is not None and self.opts.ip_masq:
             await self._on_dataplane(self.masq.ensure, cfg.network, own.subnet)
 
@@ -256,6 +255,13 @@ class Agent:
                 subnet=str(own.subnet), public_ip=str(own.attrs.public_ip), peers=len(peers),
                 backend=backend.name, routes=sorted(str(r.dst) for r in desired.routes),
             )
+
+    def _warn_on_change(self, topic: str, items: tuple[str, ...], fmt: str) -> None:
+        """Warn about each item once, when it appears, not on every resync."""
+        new = set(items) - self._warned.get(topic, set())
+        for item in sorted(new):
+            log.warning(fmt, item)
+        self._warned[topic] = set(items)
 
     # -- lease -----------------------------------------------------------------------------
     def _wanted_attrs(self) -> LeaseAttrs:
