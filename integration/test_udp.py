@@ -189,7 +189,7 @@ def test_restart_during_ping_loses_at_most_10_in_a_row(make_cluster):
     assert ipaddress.IPv4Network(c.readyz(1)[1]["subnet"]) == c.subnet(1)
 
 
-def test_containers_reach_each_other_on_every_backend_pair(make_cluster):
+def test_netctl_leases_shows_udp_leases_as_flannel_writes_them(make_cluster):
     """netctl leases shows udp leases the way flannel writes them: PublicIP, BackendType, no BackendData."""
     c = make_cluster(2)
     start_udp(c)
