@@ -2,8 +2,8 @@
 
 Prints p50/p99 acquire latency and etcd round trips per acquire (min/mean/max) for N racing
 acquirers. For reference, flannel (etcd v2 era) read every existing lease: N+1 round trips
-for N leases; netd needs list + grant + txn = 3 when it wins the first race, +2 per lost race
-(the txn's failure branch carries the fresh list, so a retry needs no re-list).
+for N leases; netd needs list + grant + txn = 3 when it wins the first race, +1 per lost race
+(the txn's failure branch carries the fresh list, and the granted lease is kept for the retry).
 
 Run: python bench/lease.py [--acquirers 200] [--rounds 3]
 """

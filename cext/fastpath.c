@@ -332,7 +332,6 @@ void fp_get_stats(const struct fp *fp, fp_stats *out) {
 }
 
 int fp_features(const struct fp *fp) { return fp->features; }
-int fp_tun_fd(const struct fp *fp) { return fp->tun_fd; }
 
 /* ---------------------------------------------------------------- TX: segmentation ---- */
 /* Cut a TCP/IPv4 super-packet into segments of `mss` payload bytes, back to back in out.
@@ -391,22 +390,37 @@ static long segment_tcp4(const uint8_t *pkt, size_t len, uint16_t mss, uint8_t *
     return (long)off;
 }
 
+enum { TX_MALFORMED = -1, TX_SINGLE = 0, TX_TSO4 = 1 };
+
+/* What to do with one frame read from the TUN. A single packet's partial checksum is completed in
+ * place; a TSO4 super-packet is left for segment_tcp4. */
+static int tx_kind(const struct vnet_hdr *vh, uint8_t *pkt, size_t plen) {
+    if ((vh->gso_type & ~VIRTIO_NET_HDR_GSO_ECN) == VIRTIO_NET_HDR_GSO_TCPV4)
+        return TX_TSO4;
+    if (vh->gso_type != VIRTIO_NET_HDR_GSO_NONE)
+        return TX_MALFORMED;
+    if ((vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && complete_csum(pkt, plen, vh->csum_start, vh->csum_offset))
+        return TX_MALFORMED;
+    return TX_SINGLE;
+}
+
 long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, uint32_t *seg_size) {
     struct vnet_hdr vh;
-    if (len < VNET_LEN)
+    if (len < VNET_LEN || len - VNET_LEN > cap)
         return -1;
     memcpy(&vh, frame, VNET_LEN);
     const uint8_t *pkt = frame + VNET_LEN;
     size_t plen = len - VNET_LEN;
-    if ((vh.gso_type & ~VIRTIO_NET_HDR_GSO_ECN) == VIRTIO_NET_HDR_GSO_TCPV4)
-        return segment_tcp4(pkt, plen, vh.gso_size, out, cap, seg_size, NULL);
-    if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE || plen > cap)
-        return -1;
     memcpy(out, pkt, plen);
-    if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && complete_csum(out, plen, vh.csum_start, vh.csum_offset))
+    switch (tx_kind(&vh, out, plen)) {
+    case TX_TSO4:
+        return segment_tcp4(pkt, plen, vh.gso_size, out, cap, seg_size, NULL);
+    case TX_SINGLE:
+        *seg_size = (uint32_t)plen;
+        return (long)plen;
+    default:
         return -1;
-    *seg_size = (uint32_t)plen;
-    return (long)plen;
+    }
 }
 
 /* ---------------------------------------------------------------- TX thread ---- */
@@ -578,7 +592,12 @@ static void *tx_main(void *arg) {
                 st.tx_drop_no_route++;
                 continue;
             }
-            if ((vh.gso_type & ~VIRTIO_NET_HDR_GSO_ECN) == VIRTIO_NET_HDR_GSO_TCPV4) {
+            int kind = tx_kind(&vh, pkt, plen);
+            if (kind == TX_MALFORMED) {
+                st.tx_drop_malformed++;
+                continue;
+            }
+            if (kind == TX_TSO4) {
                 tx_flush(fp, batch, &st); /* keep order with what was queued before */
                 uint32_t seg_size;
                 int nseg;
@@ -588,11 +607,6 @@ static void *tx_main(void *arg) {
                     continue;
                 }
                 tx_send_gso(fp, segbuf, total, seg_size, nseg, &rt, scratch, &st);
-                continue;
-            }
-            if (vh.gso_type != VIRTIO_NET_HDR_GSO_NONE ||
-                ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) && complete_csum(pkt, plen, vh.csum_start, vh.csum_offset))) {
-                st.tx_drop_malformed++;
                 continue;
             }
             int i = batch->n++;

@@ -56,7 +56,6 @@ struct fp_table;
  * On failure returns NULL and writes a message into err. */
 struct fp *fp_open(const char *name, uint32_t bind_ip, uint16_t port, int features, char *err, size_t errlen);
 int fp_features(const struct fp *fp);
-int fp_tun_fd(const struct fp *fp);
 int fp_start(struct fp *fp);  /* starts the two forwarding threads; 0 or -errno */
 void fp_stop(struct fp *fp);  /* stops and joins them (within ~100 ms) */
 void fp_close(struct fp *fp); /* stops, closes the fds (the TUN stays: it is persistent) */

@@ -76,6 +76,7 @@ class Host:
     subnet_file: str
     proc: subprocess.Popen[bytes] | None = None
     flags: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # the flags a test added, kept across restarts
 
     @property
     def log_path(self) -> str:
@@ -311,7 +312,7 @@ class Cluster(ClusterBase):
         containers) is gone and so is /run (subnet.env, the udp route cache); then netd starts
         again with the same flags, as systemd would. Its underlay address stays."""
         h = self.host(i)
-        flags = h.flags[8:]
+        flags = h.extra
         self.stop_netd(i, signal.SIGKILL)
         self._delete_namespaces(f"{h.ns}c")
         subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
@@ -334,7 +335,7 @@ class Cluster(ClusterBase):
 
     def restart_netd(self, i: int) -> None:
         self.stop_netd(i)
-        self.start_netd(i, *self.host(i).flags[8:])
+        self.start_netd(i, *self.host(i).extra)
 
     @property
     def etcd_endpoint(self) -> str:
@@ -366,7 +367,8 @@ class Cluster(ClusterBase):
         h = self.host(i)
         if h.proc is not None and h.proc.poll() is None:
             raise RuntimeError(f"netd already runs on host {i}")
-        h.flags = [  # restart_netd relies on the extra flags coming after these 8
+        h.extra = list(extra)
+        h.flags = [
             f"--etcd-endpoints={self.etcd_endpoint}",
             f"--etcd-prefix={self.etcd_prefix}",
             "--iface=eth0",
@@ -377,7 +379,6 @@ class Cluster(ClusterBase):
             "--log-level=debug",
             *extra,
         ]
-        assert h.flags[8:] == list(extra)
         logf = open(h.log_path, "ab")  # noqa: SIM115 - handed to the child
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         h.proc = subprocess.Popen(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
+from netd.adapters.files import route_cache_path
 from netd.adapters.netlink import Backend, HostGwBackend, Underlay, VxlanBackend
 from netd.errors import ConfigError
 from netd.model import NetworkConfig
@@ -19,10 +19,6 @@ class BackendOptions:
     prestarted: Any = None
 
 
-def udp_route_cache(state_dir: str) -> str:
-    return os.path.join(state_dir, "udp-routes.json")
-
-
 def make_backend(cfg: NetworkConfig, underlay: Underlay, options: BackendOptions | None = None) -> Backend:
     options = options or BackendOptions()
     if cfg.backend.type != "udp" and options.prestarted is not None:
@@ -34,7 +30,7 @@ def make_backend(cfg: NetworkConfig, underlay: Underlay, options: BackendOptions
     if cfg.backend.type == "udp":
         from netd.adapters.udp import UdpBackend  # needs the compiled extension
 
-        state = udp_route_cache(options.state_dir) if options.state_dir else None
+        state = route_cache_path(options.state_dir) if options.state_dir else None
         return UdpBackend(cfg, underlay, offloads=options.udp_offloads, state_file=state,
                           prestarted=options.prestarted)
     raise ConfigError(f"backend {cfg.backend.type!r} is not known", "Backend.Type")

@@ -67,13 +67,7 @@ class FastPath:
     def set_routes(self, routes: Iterable[UdpRoute]) -> None:
         """Replace the route table atomically (traffic keeps flowing through the swap)."""
         routes = tuple(sorted(set(routes)))
-        arr = ffi.new("fp_route[]", max(1, len(routes)))
-        for i, r in enumerate(routes):
-            arr[i].net = int(r.subnet.network_address)
-            arr[i].plen = r.subnet.prefixlen
-            arr[i].peer_ip = int(r.peer_ip)
-            arr[i].peer_port = r.peer_port
-        rc = lib.fp_set_routes(self._fp, arr, len(routes))
+        rc = lib.fp_set_routes(self._fp, _route_array(routes), len(routes))
         if rc != 0:
             raise DataplaneError(f"fp_set_routes failed: errno {-rc}")
         self._routes = routes
@@ -97,14 +91,19 @@ class FastPath:
             self._fp = ffi.NULL
 
 
-def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address) -> UdpRoute | None:
-    """The C table's longest-prefix match, for tests: build a table, look up, free."""
-    routes = list(routes)
+def _route_array(routes: tuple[UdpRoute, ...]) -> object:
+    """routes as the C interface's fp_route[] (host byte order)."""
     arr = ffi.new("fp_route[]", max(1, len(routes)))
     for i, r in enumerate(routes):
         arr[i].net, arr[i].plen = int(r.subnet.network_address), r.subnet.prefixlen
         arr[i].peer_ip, arr[i].peer_port = int(r.peer_ip), r.peer_port
-    table = lib.fp_table_build(arr, len(routes))
+    return arr
+
+
+def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address) -> UdpRoute | None:
+    """The C table's longest-prefix match, for tests: build a table, look up, free."""
+    routes = tuple(routes)
+    table = lib.fp_table_build(_route_array(routes), len(routes))
     try:
         out = ffi.new("fp_route *")
         if not lib.fp_table_lookup(table, int(addr), out):
@@ -149,7 +148,6 @@ def prestart_from_cache(path: str) -> FastPath | None:
         fast = FastPath(cache["tun"], ipaddress.IPv4Address("0.0.0.0"), cache["port"], cache["offloads"])
     except DataplaneError:
         return None
-    fast.offloads_requested = cache["offloads"]
     fast.set_routes(cache["routes"])
     fast.start()
     return fast

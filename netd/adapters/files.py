@@ -32,6 +32,11 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> bool:
     return True
 
 
+def route_cache_path(state_dir: str) -> str:
+    """The udp backend's route cache (netd.adapters.fastpath reads and writes it)."""
+    return os.path.join(state_dir, "udp-routes.json")
+
+
 def read_text(path: str) -> str:
     try:
         with open(path) as fh:

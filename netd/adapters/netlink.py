@@ -83,7 +83,7 @@ def vtep_mac(public_ip: ipaddress.IPv4Address, vni: int) -> str:
 
 
 class Backend(Protocol):
-    """What a data path offers the agent. The udp fast path will implement this too."""
+    """What a data path offers the agent: vxlan and host-gw here, udp in netd.adapters.udp."""
 
     name: str
 
@@ -102,6 +102,16 @@ class Backend(Protocol):
 
 def _ignore(exc: NetlinkError, *codes: int) -> bool:
     return exc.code in codes
+
+
+def _delete_route(ipr: IPRoute, dst: str) -> str | None:
+    """Delete one of netd's routes; gone already is fine. Returns the error, if any."""
+    try:
+        ipr.route("del", dst=dst, proto=RTPROT_NETD)
+    except NetlinkError as exc:
+        if not _ignore(exc, errno.ESRCH, errno.ENOENT):
+            return f"delete route {dst}: {exc}"
+    return None
 
 
 class _NetlinkBackend:
@@ -137,11 +147,9 @@ class _NetlinkBackend:
 
     def _apply_routes(self, plan: DataplanePlan, errors: list[str]) -> None:
         for route in plan.del_routes:
-            try:
-                self.ipr.route("del", dst=str(route.dst), proto=RTPROT_NETD)
-            except NetlinkError as exc:
-                if not _ignore(exc, errno.ESRCH, errno.ENOENT):
-                    errors.append(f"delete route {route.dst}: {exc}")
+            error = _delete_route(self.ipr, str(route.dst))
+            if error:
+                errors.append(error)
         for route in plan.add_routes:
             try:
                 self.ipr.route(
@@ -326,12 +334,10 @@ def remove_other_backends(ipr: IPRoute, keep: str) -> list[str]:
     if keep == "udp":  # the udp backend routes in its own table: no netd kernel route is wanted
         for r in ipr.route("dump", family=socket.AF_INET, proto=RTPROT_NETD):
             dst = f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
-            try:
-                ipr.route("del", dst=dst, proto=RTPROT_NETD)
-                removed.append(f"route {dst}")
-            except NetlinkError as exc:
-                if not _ignore(exc, errno.ESRCH, errno.ENOENT):
-                    raise
+            error = _delete_route(ipr, dst)
+            if error:
+                raise DataplaneError(error)
+            removed.append(f"route {dst}")
     for what in removed:
         log.info("removed %s, left by another backend", what)
     return removed

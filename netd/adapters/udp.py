@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netd.adapters.fastpath import FastPath, UdpRoute, save_route_cache
-from netd.adapters.netlink import Underlay, remove_other_backends
+from netd.adapters.netlink import UDP_TUN, Underlay, remove_other_backends
 from netd.core.dataplane import DataplanePlan, DataplaneState, Route
 from netd.errors import DataplaneError
 from netd.model import Lease, NetworkConfig
@@ -29,7 +29,6 @@ from netd.model import Lease, NetworkConfig
 log = logging.getLogger(__name__)
 
 UDP_OVERHEAD = 28  # outer IPv4 + UDP headers
-TUN_NAME = "flannel0"
 
 
 class UdpBackend:
@@ -42,7 +41,7 @@ class UdpBackend:
         ipr: IPRoute | None = None,
         offloads: bool = True,
         state_file: str | None = None,
-        tun: str = TUN_NAME,
+        tun: str = UDP_TUN,
         prestarted: FastPath | None = None,
     ) -> None:
         self.cfg = cfg
@@ -53,12 +52,12 @@ class UdpBackend:
         self.tun = tun
         self.state_file = state_file
         self.offloads = offloads
-        adopted = prestarted is not None and (prestarted.tun, prestarted.port, prestarted.offloads_requested) == (
-            tun, self.port, offloads)
-        if prestarted is not None and not adopted:
+        if prestarted is not None and (prestarted.tun, prestarted.port, prestarted.offloads_requested) != (
+                tun, self.port, offloads):
             prestarted.close()  # the config changed since the cache was written
-        if adopted:
-            assert prestarted is not None
+            prestarted = None
+        adopted = prestarted is not None
+        if prestarted is not None:
             self.fast = prestarted
         else:
             self.fast = self._open(offloads)

@@ -75,7 +75,6 @@ class Agent:
         self.cfg: NetworkConfig | None = None
         self.backend: Backend | None = None
         self.lease: Lease | None = None
-        self.snapshot: Snapshot | None = None
         self.last_revision: int | None = None
         self.status = Status()
         self.etcd_down_since: float | None = None
@@ -211,7 +210,6 @@ class Agent:
         cfg = self.cfg
 
         snap = await self.registry.list_subnets()
-        self.snapshot = snap
         if self.last_revision is None:
             self.last_revision = snap.revision
             self._have_revision.set()

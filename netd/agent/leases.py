@@ -1,8 +1,9 @@
 """Acquiring a subnet lease: the pure choice (netd.core.allocate) applied through a Registry.
 
 Round trips per acquire on etcd: one list (done by the caller), one lease grant and one
-transaction. A lost race costs one more grant + transaction: the transaction's failure branch
-returns the fresh subnet list, so no re-list is needed (flannel re-reads everything).
+transaction. A lost race costs one more transaction: its failure branch returns the fresh subnet
+list (no re-list), and the adapter keeps the lease it granted for the retry (flannel re-reads
+everything).
 """
 
 from __future__ import annotations

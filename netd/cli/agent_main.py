@@ -11,7 +11,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from netd import __version__
-from netd.cli.common import add_etcd_flags, env_bool, env_default, make_registry, setup_logging
+from netd.adapters.files import route_cache_path
+from netd.cli.common import add_etcd_flags, config_key, env_bool, env_default, make_registry, setup_logging
 from netd.errors import ConfigError, NetdError
 
 # Everything slow to import (pyroute2, grpc) is imported in run(), after the udp fast path has
@@ -88,7 +89,7 @@ async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> 
         ip_masq=args.ip_masq,
         lease_ttl=args.subnet_lease_ttl,
         resync_interval=args.resync_interval,
-        config_source=f"{args.etcd_prefix.rstrip('/')}/config",
+        config_source=config_key(args.etcd_prefix),
     )
     agent = Agent(registry, backend_for, opts, metrics)
     health = None
@@ -113,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.log_level)
     prestarted = None
-    cache = os.path.join(args.state_dir, "udp-routes.json")
-    if os.path.exists(cache):
+    cache = route_cache_path(args.state_dir)
+    if os.path.exists(cache):  # only udp hosts pay for importing the extension here
         from netd.adapters.fastpath import prestart_from_cache
 
         prestarted = prestart_from_cache(cache)

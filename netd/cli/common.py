@@ -37,6 +37,11 @@ def add_etcd_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--etcd-keyfile", default=env_default("--etcd-keyfile", None), help="client TLS key")
 
 
+def config_key(prefix: str) -> str:
+    """Where flannel keeps the network config under --etcd-prefix."""
+    return f"{prefix.rstrip('/')}/config"
+
+
 def make_registry(args: argparse.Namespace) -> EtcdRegistry:
     from netd.adapters.etcd import EtcdRegistry, EtcdTLS  # grpc is slow to import: only when needed
 

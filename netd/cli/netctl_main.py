@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any
 
 from netd.adapters.etcd import EtcdRegistry
-from netd.cli.common import add_etcd_flags, env_default, make_registry
+from netd.cli.common import add_etcd_flags, config_key, env_default, make_registry
 from netd.errors import ConfigError, NetdError
 from netd.model import parse_network_config
 from netd.model.config import BACKEND_DEFAULTS, network_config_from_json
@@ -106,7 +106,7 @@ async def config_set(reg: EtcdRegistry, args: argparse.Namespace) -> int:
 
 async def config_get(reg: EtcdRegistry, args: argparse.Namespace) -> int:
     raw = await reg.get_config()
-    source = f"{args.etcd_prefix.rstrip('/')}/config"
+    source = config_key(args.etcd_prefix)
     if raw is None:
         print(f"netctl: {source} is not set", file=sys.stderr)
         return 1
