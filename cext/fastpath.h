@@ -73,9 +73,25 @@ void fp_table_free(struct fp_table *t);
  * returns how many lookups found no route (for concurrent-update tests). */
 uint64_t fp_lookup_loop(struct fp *fp, uint32_t addr, uint64_t iterations);
 
-/* TX: one frame as read from a TUN with a vnet header (10 bytes + packet). Writes what would be
- * sent: the datagrams back to back, each `*seg_size` bytes (the last may be shorter). Returns
- * the number of bytes written to out, or -1 if malformed. */
+/* What the TX thread would send, as seen by a test: one datagram to peer_ip:peer_port carrying
+ * len bytes of UDP payload, cut by the kernel into gso_size pieces (0: sent as one datagram). */
+typedef struct fp_datagram {
+    uint32_t peer_ip;
+    uint16_t peer_port;
+    uint16_t gso_size;
+    uint32_t len;
+} fp_datagram;
+
+/* TX: `n` frames as read from a TUN with a vnet header (10 bytes + packet; lens[i] bytes each,
+ * back to back in frames; they may be modified) in one batch, routed by `routes`, through the
+ * TX thread's own code; gso: whether UDP_SEGMENT may be used. The datagrams go back to back into
+ * out, described in dgrams. Returns how many datagrams, or -1; st gets the batch's counters. */
+int fp_tx_batch(uint8_t *frames, const uint32_t *lens, int n, const fp_route *routes, int nroutes, int gso,
+                uint8_t *out, size_t cap, fp_datagram *dgrams, int max_dgrams, fp_stats *st);
+
+/* TX: one frame (see fp_tx_batch) bound anywhere. Writes the inner packets it becomes back to
+ * back, each `*seg_size` bytes (the last may be shorter). Returns the number of bytes written to
+ * out, or -1 if malformed. */
 long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, uint32_t *seg_size);
 
 /* RX: coalesce `n` inner packets (lens[i] bytes each, back to back in pkts) as the RX thread

@@ -67,7 +67,7 @@ class FastPath:
     def set_routes(self, routes: Iterable[UdpRoute]) -> None:
         """Replace the route table atomically (traffic keeps flowing through the swap)."""
         routes = tuple(sorted(set(routes)))
-        rc = lib.fp_set_routes(self._fp, _route_array(routes), len(routes))
+        rc = lib.fp_set_routes(self._fp, route_array(routes), len(routes))
         if rc != 0:
             raise DataplaneError(f"fp_set_routes failed: errno {-rc}")
         self._routes = routes
@@ -91,7 +91,7 @@ class FastPath:
             self._fp = ffi.NULL
 
 
-def _route_array(routes: tuple[UdpRoute, ...]) -> object:
+def route_array(routes: tuple[UdpRoute, ...]) -> object:
     """routes as the C interface's fp_route[] (host byte order)."""
     arr = ffi.new("fp_route[]", max(1, len(routes)))
     for i, r in enumerate(routes):
@@ -103,7 +103,7 @@ def _route_array(routes: tuple[UdpRoute, ...]) -> object:
 def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address) -> UdpRoute | None:
     """The C table's longest-prefix match, for tests: build a table, look up, free."""
     routes = tuple(routes)
-    table = lib.fp_table_build(_route_array(routes), len(routes))
+    table = lib.fp_table_build(route_array(routes), len(routes))
     try:
         out = ffi.new("fp_route *")
         if not lib.fp_table_lookup(table, int(addr), out):

@@ -11,7 +11,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.utils import checksum as scapy_checksum
 
-from netd.adapters.fastpath import UdpRoute, lookup
+from netd.adapters.fastpath import UdpRoute, lookup, route_array
 
 fp = pytest.importorskip("netd._fastpath", reason="the C extension is built by `pip install -e .`")
 ffi, lib = fp.ffi, fp.lib
@@ -105,15 +105,94 @@ def test_non_gso_frame_with_partial_udp_checksum_is_completed():
     assert out == bytes(pkt) and seg == len(pkt)
 
 
-def test_ipv6_frame_passes_with_its_checksum_completed():
-    pkt = IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=2, flags="A") / (b"x" * 100)
-    full = bytes(pkt)
-    raw = bytearray(full)
-    # partial: pseudo header sum (src, dst, length, next header)
-    ph = bytes(raw[8:40]) + struct.pack("!IxxxB", len(raw) - 40, 6)
-    struct.pack_into("!H", raw, 40 + 16, 0xFFFF - scapy_checksum(ph))
-    out, _ = tx_prepare(vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 40, 16) + bytes(raw))
-    assert out == full
+def tx_batch(frames: list[bytes], routes: list[UdpRoute], gso: bool = True) -> tuple[list[tuple], bytes, object]:
+    """Frames through the TX thread's code; returns [(peer, port, gso_size, payload)], the stats."""
+    blob = ffi.new("uint8_t[]", b"".join(frames) or b"\0")
+    lens = ffi.new("uint32_t[]", [len(f) for f in frames] or [0])
+    rts = route_array(tuple(routes))
+    out = ffi.new("uint8_t[]", 1_000_000)
+    dgrams = ffi.new("fp_datagram[]", 512)
+    st = ffi.new("fp_stats *")
+    n = lib.fp_tx_batch(blob, lens, len(frames), rts, len(routes), int(gso), out, 1_000_000, dgrams, 512, st)
+    assert n >= 0
+    res, off = [], 0
+    for i in range(n):
+        d = dgrams[i]
+        res.append((str(ipaddress.IPv4Address(d.peer_ip)), d.peer_port, d.gso_size,
+                    bytes(ffi.buffer(out + off, d.len))))
+        off += d.len
+    return res, st
+
+
+def super_packet(payload: bytes, mss: int, seq: int, dst: str = DST) -> tuple[bytes, list[bytes]]:
+    """A TSO4 frame as the TUN hands it over, and the segments it must become."""
+    options = [("NOP", None), ("NOP", None), ("Timestamp", (7, 8))]
+    sp = IP(src=SRC, dst=dst, id=1, flags="DF") / TCP(sport=40000, dport=5201, seq=seq, ack=5, flags="PA",
+                                                      window=501, options=options) / payload
+    raw = bytearray(bytes(sp))
+    struct.pack_into("!H", raw, 36, pseudo_partial(SRC, dst, 6, len(raw) - 20))
+    segs = []
+    for i in range(max(1, -(-len(payload) // mss))):
+        flags = "PA" if (i + 1) * mss >= len(payload) else "A"
+        segs.append(bytes(IP(src=SRC, dst=dst, id=1 + i, flags="DF") / TCP(
+            sport=40000, dport=5201, seq=seq + i * mss, ack=5, flags=flags, window=501, options=options)
+            / payload[i * mss:(i + 1) * mss]))
+    return vnet(NEEDS_CSUM, GSO_TCPV4, 52, mss, 20, 16) + bytes(raw), segs
+
+
+PEER_A = UdpRoute(ipaddress.IPv4Network("10.5.2.0/24"), ipaddress.IPv4Address("192.0.2.2"), 8285)
+PEER_B = UdpRoute(ipaddress.IPv4Network("10.5.3.0/24"), ipaddress.IPv4Address("192.0.2.3"), 8285)
+
+
+def cut(payload: bytes, gso: int) -> list[bytes]:
+    return [payload[i:i + gso] for i in range(0, len(payload), gso)] if gso else [payload]
+
+
+def test_super_packets_share_full_datagrams():
+    """Two 46-segment super-packets: 92 segments in datagrams of at most 64 KB (44 of 1472 bytes),
+    the first super-packet's tail riding with the second one's head, every byte as scapy builds it."""
+    f1, s1 = super_packet(random.Random(1).randbytes(46 * 1420), 1420, 1000)
+    f2, s2 = super_packet(random.Random(2).randbytes(46 * 1420), 1420, 1000 + 46 * 1420)
+    dgrams, st = tx_batch([f1, f2], [PEER_A])
+    assert [(d[0], d[1], d[2], len(d[3]) // 1472) for d in dgrams] == [
+        ("192.0.2.2", 8285, 1472, 44), ("192.0.2.2", 8285, 1472, 44), ("192.0.2.2", 8285, 1472, 4)]
+    assert [seg for d in dgrams for seg in cut(d[3], d[2])] == s1 + s2
+    assert (st.tx_packets, st.tx_syscalls, st.tx_drop_socket_error) == (92, 1, 0)
+
+
+def test_a_short_segment_ends_its_datagram():
+    """UDP GSO allows only the last segment to be shorter: a super-packet's short tail closes the datagram."""
+    f1, s1 = super_packet(random.Random(3).randbytes(3 * 1420 + 100), 1420, 1)
+    f2, s2 = super_packet(random.Random(4).randbytes(2 * 1420), 1420, 1 + 3 * 1420 + 100)
+    dgrams, _ = tx_batch([f1, f2], [PEER_A])
+    assert [(d[2], len(d[3])) for d in dgrams] == [(1472, 3 * 1472 + 152), (1472, 2 * 1472)]
+    assert [seg for d in dgrams for seg in cut(d[3], d[2])] == s1 + s2
+
+
+def test_packets_keep_their_order_per_peer_across_datagrams():
+    fa1, sa1 = super_packet(b"a" * 3000, 1420, 1, dst="10.5.2.11")
+    single = bytes(IP(src=SRC, dst="10.5.3.11") / UDP(sport=1, dport=2) / b"to b")
+    fa2, sa2 = super_packet(b"c" * 3000, 1420, 3001, dst="10.5.2.11")
+    dgrams, st = tx_batch([fa1, vnet() + single, fa2], [PEER_A, PEER_B])
+    assert [(d[0], [s for s in cut(d[3], d[2])]) for d in dgrams] == [
+        ("192.0.2.2", sa1), ("192.0.2.3", [single]), ("192.0.2.2", sa2)]
+    assert st.tx_packets == 7
+
+
+def test_without_gso_every_segment_is_its_own_datagram():
+    f1, s1 = super_packet(random.Random(5).randbytes(10 * 1420), 1420, 1)
+    dgrams, st = tx_batch([f1], [PEER_A], gso=False)
+    assert [(d[2], d[3]) for d in dgrams] == [(0, s) for s in s1]
+    assert st.tx_packets == 10
+
+
+def test_no_route_and_ipv6_frames_are_counted_not_sent():
+    """The overlay is IPv4 (flannel's leases are): an IPv6 frame has no peer, nor has an unleased address."""
+    v6 = bytes(IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=2, flags="A") / (b"x" * 100))
+    stray = bytes(IP(src=SRC, dst="10.9.9.9") / UDP(sport=1, dport=2))
+    dgrams, st = tx_batch([vnet() + v6, vnet() + stray, b"\x00" * 4], [PEER_A])
+    assert dgrams == []
+    assert (st.tx_drop_no_route, st.tx_drop_malformed, st.tx_packets) == (2, 1, 0)
 
 
 def flow_segments(n: int, mss: int = 1400, seq0: int = 1, psh_last: bool = False, options=None) -> list[bytes]:
