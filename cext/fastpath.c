@@ -47,8 +47,15 @@
 #define VNET_LEN 10          /* struct virtio_net_hdr */
 #define MAX_PKT 65535        /* largest IPv4 packet */
 #define FRAME_CAP (VNET_LEN + MAX_PKT + 1)
+/* The kernel copies to user space with `rep movsb`, which on AMD Zen runs ~15x slower when the
+ * destination's offset in its 64-byte line is 1..31 bytes past the source's (measured here:
+ * 2.7 vs 40 GB/s). A destination at offset 0 of a line is never in that window. So receive
+ * buffers are 64-byte aligned, and TUN frames are placed so that the payload after a 10-byte
+ * vnet header and 52 bytes of IPv4+TCP headers (with timestamps: the common case) starts a line. */
+#define FRAME_SKEW 2
+#define FRAME_STRIDE (((FRAME_CAP + FRAME_SKEW + 63) / 64) * 64)
 #define TX_BATCH 32
-#define RX_BATCH 16
+#define RX_BATCH 32
 #define RX_BUF 65536
 #define GSO_MAX_SEGS 64       /* UDP_MAX_SEGMENTS on older kernels */
 #define POLL_MS 100
@@ -647,7 +654,7 @@ long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, u
 /* ---------------------------------------------------------------- TX thread ---- */
 static void *tx_main(void *arg) {
     struct fp *fp = arg;
-    uint8_t *frames = malloc((size_t)TX_BATCH * FRAME_CAP);
+    uint8_t *frames = aligned_alloc(4096, (size_t)TX_BATCH * FRAME_STRIDE);
     struct txq *q = calloc(1, sizeof(*q));
     if (!frames || !q)
         goto out;
@@ -662,7 +669,7 @@ static void *tx_main(void *arg) {
         struct fp_table *t = table_acquire(fp, HZ_TX);
         fp_stats st = {0};
         for (int k = 0; k < TX_BATCH; k++) {
-            uint8_t *f = frames + (size_t)k * FRAME_CAP;
+            uint8_t *f = frames + (size_t)k * FRAME_STRIDE + FRAME_SKEW;
             ssize_t r = read(fp->tun_fd, f, FRAME_CAP);
             if (r < 0) {
                 if (errno == EINTR)
@@ -920,7 +927,7 @@ static int rx_accept(const struct fp_table *t, uint32_t outer_src, const uint8_t
 
 static void *rx_main(void *arg) {
     struct fp *fp = arg;
-    uint8_t *bufs = malloc((size_t)RX_BATCH * RX_BUF);
+    uint8_t *bufs = aligned_alloc(4096, (size_t)RX_BATCH * RX_BUF); /* 64-byte aligned: see FRAME_SKEW */
     struct coalescer *cp = calloc(1, sizeof(struct coalescer));
     struct mmsghdr msgs[RX_BATCH];
     struct iovec iov[RX_BATCH];
