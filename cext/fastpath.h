@@ -66,6 +66,9 @@ int fp_set_routes(struct fp *fp, const fp_route *routes, int n);
 
 /* The pieces, exposed for tests (and used by the threads). */
 uint16_t fp_checksum(const uint8_t *buf, size_t len);
+/* Whether the TX copy+checksum uses AVX2: enable = 0 forces the portable loop (for tests);
+ * returns what is now in use (AVX2 only where the CPU has it; the default). */
+int fp_simd(int enable);
 struct fp_table *fp_table_build(const fp_route *routes, int n);
 int fp_table_lookup(const struct fp_table *t, uint32_t addr, fp_route *out);
 void fp_table_free(struct fp_table *t);

@@ -79,8 +79,18 @@ def segments_expected(payload: bytes, mss: int, seq0: int, id0: int, flags: str,
     return out
 
 
-@pytest.mark.parametrize("payload_len,mss", [(10_000, 1400), (64_000, 1448), (1400, 1400), (1, 1400), (2801, 1400)])
-def test_tso_super_packet_is_cut_into_correct_segments(payload_len, mss):
+@pytest.fixture(params=["simd", "portable"])
+def copy_loop(request):
+    """Run the test with the AVX2 copy+checksum loop (where the CPU has it) and with the portable one."""
+    if lib.fp_simd(int(request.param == "simd")) != (request.param == "simd"):
+        pytest.skip("this CPU has no AVX2: the portable loop is the only one")
+    yield request.param
+    lib.fp_simd(1)
+
+
+@pytest.mark.parametrize("payload_len,mss", [(10_000, 1400), (64_000, 1448), (1400, 1400), (1, 1400), (2801, 1400),
+                                             (65_000, 536), (300, 63)])
+def test_tso_super_packet_is_cut_into_correct_segments(payload_len, mss, copy_loop):
     options = [("NOP", None), ("NOP", None), ("Timestamp", (123456, 654321))]
     payload = random.Random(payload_len).randbytes(payload_len)
     sp = IP(src=SRC, dst=DST, id=1000, flags="DF", ttl=64) / TCP(
@@ -148,7 +158,7 @@ def cut(payload: bytes, gso: int) -> list[bytes]:
     return [payload[i:i + gso] for i in range(0, len(payload), gso)] if gso else [payload]
 
 
-def test_super_packets_share_full_datagrams():
+def test_super_packets_share_full_datagrams(copy_loop):
     """Two 46-segment super-packets: 92 segments in datagrams of at most 64 KB (44 of 1472 bytes),
     the first super-packet's tail riding with the second one's head, every byte as scapy builds it."""
     f1, s1 = super_packet(random.Random(1).randbytes(46 * 1420), 1420, 1000)
