@@ -53,6 +53,7 @@ def test_udp_mesh_tcp_200mb_intact_and_mixed_udp_intact(make_cluster):
                 assert c.can_ping(src, dst.ip), f"{src.name} -> {dst.ip}"
     assert c.exec(1, "ip", "-br", "addr", "show", "flannel0").stdout.split()[2] == f"{c.subnet(1).network_address}/16"
     assert int(c.exec(1, "cat", "/sys/class/net/flannel0/mtu").stdout) == 1500 - 28
+    assert c.exec(1, "tc", "qdisc", "show", "dev", "flannel0").stdout.split()[:2] == ["qdisc", "noqueue"]
     # 200 MB of TCP, hashed on both sides
     rx = tool(boxes[2].name, "tcp-recv", "5001")
     wait_listening(rx)
