@@ -134,9 +134,11 @@ def tx_batch(frames: list[bytes], routes: list[UdpRoute], gso: bool = True) -> t
     return res, st
 
 
-def super_packet(payload: bytes, mss: int, seq: int, dst: str = DST) -> tuple[bytes, list[bytes]]:
+TIMESTAMPS = [("NOP", None), ("NOP", None), ("Timestamp", (7, 8))]
+
+
+def super_packet(payload: bytes, mss: int, seq: int, dst: str = DST, options=TIMESTAMPS) -> tuple[bytes, list[bytes]]:
     """A TSO4 frame as the TUN hands it over, and the segments it must become."""
-    options = [("NOP", None), ("NOP", None), ("Timestamp", (7, 8))]
     sp = IP(src=SRC, dst=dst, id=1, flags="DF") / TCP(sport=40000, dport=5201, seq=seq, ack=5, flags="PA",
                                                       window=501, options=options) / payload
     raw = bytearray(bytes(sp))
@@ -147,7 +149,15 @@ def super_packet(payload: bytes, mss: int, seq: int, dst: str = DST) -> tuple[by
         segs.append(bytes(IP(src=SRC, dst=dst, id=1 + i, flags="DF") / TCP(
             sport=40000, dport=5201, seq=seq + i * mss, ack=5, flags=flags, window=501, options=options)
             / payload[i * mss:(i + 1) * mss]))
-    return vnet(NEEDS_CSUM, GSO_TCPV4, 52, mss, 20, 16) + bytes(raw), segs
+    return vnet(NEEDS_CSUM, GSO_TCPV4, 20 + (raw[32] >> 4) * 4, mss, 20, 16) + bytes(raw), segs
+
+
+def partial_frame(pkt, proto: int, csum_offset: int) -> tuple[bytes, bytes]:
+    """A single packet as the TUN hands it over (checksum left partial), and what must be sent."""
+    full = bytes(pkt)
+    raw = bytearray(full)
+    struct.pack_into("!H", raw, 20 + csum_offset, pseudo_partial(pkt[IP].src, pkt[IP].dst, proto, len(raw) - 20))
+    return vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 20, csum_offset) + bytes(raw), full
 
 
 PEER_A = UdpRoute(ipaddress.IPv4Network("10.5.2.0/24"), ipaddress.IPv4Address("192.0.2.2"), 8285)
@@ -177,6 +187,48 @@ def test_a_short_segment_ends_its_datagram():
     dgrams, _ = tx_batch([f1, f2], [PEER_A])
     assert [(d[2], len(d[3])) for d in dgrams] == [(1472, 3 * 1472 + 152), (1472, 2 * 1472)]
     assert [seg for d in dgrams for seg in cut(d[3], d[2])] == s1 + s2
+
+
+def test_every_kind_of_frame_in_a_row_comes_out_right(copy_loop):
+    """Super-packets of two MSS and header lengths, a pure ACK, single packets small and big, for two
+    peers, and IPv6 in one batch: all byte for byte, in order per peer, in valid GSO datagrams."""
+    rnd = random.Random(7)
+    frames, want = [], {"192.0.2.2": [], "192.0.2.3": []}
+
+    def add(frame: bytes, peer: str | None, packets: list[bytes]) -> None:
+        frames.append(frame)
+        if peer:
+            want[peer] += packets
+
+    seq = 1
+    for payload_len in (10 * 1420, 10 * 1420 + 100, 46 * 1420):
+        f, segs = super_packet(rnd.randbytes(payload_len), 1420, seq)
+        add(f, "192.0.2.2", segs)
+        seq += payload_len
+    f, full = partial_frame(IP(src=SRC, dst=DST) / TCP(sport=40000, dport=5201, flags="A", seq=seq, ack=9,
+                                                       options=TIMESTAMPS), 6, 16)
+    add(f, "192.0.2.2", [full])  # a pure ACK
+    f, full = partial_frame(IP(src=SRC, dst="10.5.3.11") / UDP(sport=5, dport=6) / rnd.randbytes(1000), 17, 6)
+    add(f, "192.0.2.3", [full])  # a single packet for the other peer
+    for payload_len in (5000, 7000):  # another MSS and no TCP options
+        f, segs = super_packet(rnd.randbytes(payload_len), 1000, seq, options=[])
+        add(f, "192.0.2.2", segs)
+        seq += payload_len
+    f, full = partial_frame(IP(src=SRC, dst=DST) / UDP(sport=5, dport=6) / rnd.randbytes(2500), 17, 6)
+    add(f, "192.0.2.2", [full])  # a single packet bigger than an MSS
+    add(vnet() + bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP() / rnd.randbytes(3000)), None, [])
+    f, segs = super_packet(rnd.randbytes(3 * 1000), 1000, seq, options=[])
+    add(f, "192.0.2.2", segs)
+
+    dgrams, st = tx_batch(frames, [PEER_A, PEER_B])
+    got = {"192.0.2.2": [], "192.0.2.3": []}
+    for peer, _, gso, payload in dgrams:
+        pieces = cut(payload, gso)
+        assert all(len(p) == gso for p in pieces[:-1]) and len(pieces[-1]) <= (gso or len(payload))
+        got[peer] += pieces
+    assert got == want
+    assert (st.tx_drop_no_route, st.tx_drop_malformed) == (1, 0)
+    assert st.tx_packets == sum(len(v) for v in want.values())
 
 
 def test_packets_keep_their_order_per_peer_across_datagrams():
