@@ -175,11 +175,35 @@ __attribute__((target("avx2"))) static uint64_t csum_copy_avx2(uint8_t *dst, con
         dst += 64;
         len -= 64;
     }
+    /* The tail (under 64 bytes: every segment has one) in at most two more steps, the last one
+     * masked to whole 32-bit words (masked-off lanes are neither read nor written): a scalar
+     * loop here cost as much as the vector loop over the rest of a 1448-byte segment. */
+    if (len >= 32) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)src);
+        _mm256_storeu_si256((__m256i *)dst, x);
+        a0 = _mm256_add_epi64(a0, _mm256_unpacklo_epi32(x, z));
+        a1 = _mm256_add_epi64(a1, _mm256_unpackhi_epi32(x, z));
+        src += 32;
+        dst += 32;
+        len -= 32;
+    }
+    if (len >= 4) {
+        __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(len / 4)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256i x = _mm256_maskload_epi32((const int *)src, mask);
+        _mm256_maskstore_epi32((int *)dst, mask, x);
+        a2 = _mm256_add_epi64(a2, _mm256_unpacklo_epi32(x, z));
+        a3 = _mm256_add_epi64(a3, _mm256_unpackhi_epi32(x, z));
+        size_t done = len & ~(size_t)3;
+        src += done;
+        dst += done;
+        len -= done;
+    }
     uint64_t lanes[4];
     _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
     for (int i = 0; i < 4; i++)
         acc = add_carry(acc, lanes[i]);
-    return csum_copy_scalar(dst, src, len, acc);
+    memcpy(dst, src, len);
+    return csum_tail(src, len, acc);
 }
 #endif
 
@@ -336,6 +360,7 @@ struct fp {
     pthread_mutex_t writer; /* serialises fp_set_routes callers, never taken by the threads */
     atomic_int stop;
     int started;
+    int threads; /* 1: both directions in one thread; 2: a thread per direction */
     pthread_t tx, rx;
     fp_stats stats; /* updated with relaxed atomic adds once per batch */
 };
@@ -414,6 +439,7 @@ int fp_features(const struct fp *fp) { return fp->features; }
  * segment by segment, and about half of them hit the slow case. */
 #define TXQ_MSGS 64             /* datagrams per sendmmsg */
 #define TXQ_ARENA (1 << 20)     /* bytes queued before an early flush (256 KB and 2 MB measured worse) */
+#define HDR_TMPL 128            /* IP + TCP headers at most (60 + 60), rounded up */
 #define UDP_MAX_PAYLOAD 65507   /* 65535 - IPv4 header - UDP header: the most one sendmsg can carry */
 
 /* sendmmsg's contract: how many messages were sent, or -1 with errno. */
@@ -440,7 +466,7 @@ struct txq {
 
 static struct txq *txq_new(int gso, dgram_sink send, void *ctx) {
     struct txq *q = calloc(1, sizeof(*q));
-    if (q && !(q->arena = aligned_alloc(64, TXQ_ARENA))) {
+    if (q && !(q->arena = aligned_alloc(64, TXQ_ARENA + HDR_TMPL))) { /* + room for segment_tcp4's copies */
         free(q);
         return NULL;
     }
@@ -567,27 +593,51 @@ static int segment_tcp4(struct txq *q, const fp_route *rt, const uint8_t *pkt, s
     seq0 = ntohl(seq0);
     memcpy(&id0, pkt + 4, 2);
     id0 = ntohs(id0);
+    /* Every segment's headers come from one template whose per-segment fields (IP length, ID and
+     * checksum; TCP sequence number, flags and checksum) are zero, and the template's sums are
+     * taken once: a segment then adds only its own fields. (Summing the three headers afresh for
+     * every segment cost more CPU than copying and summing its payload.) */
+    uint8_t tmpl[HDR_TMPL] __attribute__((aligned(64)));
+    memcpy(tmpl, pkt, hdrs);
+    memset(tmpl + 2, 0, 4);          /* total length, ID */
+    memset(tmpl + 10, 0, 2);         /* IP checksum */
+    memset(tmpl + ihl + 4, 0, 4);    /* sequence number */
+    memset(tmpl + ihl + 12, 0, 2);   /* data offset and flags */
+    memset(tmpl + ihl + 16, 0, 2);   /* TCP checksum */
+    uint64_t ip_sum = csum_add(tmpl, ihl, 0);
+    uint64_t tcp_sum = csum_add(tmpl + ihl, thl, csum_add(pkt + 12, 8, htons(IPPROTO_TCP)));
+    uint8_t flags = tcp[13];
     for (int i = 0; i < nseg; i++) {
         size_t chunk = payload - (size_t)i * mss;
         if (chunk > mss)
             chunk = mss;
         uint8_t *o = txq_push(q, rt, hdrs + chunk, st);
-        memcpy(o, pkt, hdrs);
+        /* fixed-size copies (the payload overwrites what lands past the headers; the arena has
+         * room): a variable-length memcpy of ~52 bytes became rep movs, slow to start */
+        if (hdrs <= 64)
+            memcpy(o, tmpl, 64);
+        else
+            memcpy(o, tmpl, HDR_TMPL);
         /* the payload follows the headers at an even offset (thl is a multiple of 4): the sums add */
         uint64_t payload_sum = csum_copy(o + hdrs, pkt + hdrs + (size_t)i * mss, chunk, 0);
         uint16_t tot = htons((uint16_t)(hdrs + chunk)), id = htons((uint16_t)(id0 + i));
         memcpy(o + 2, &tot, 2);
         memcpy(o + 4, &id, 2);
-        ip4_set_checksum(o);
+        uint16_t ipc = (uint16_t)~csum_fold(add_carry(add_carry(ip_sum, tot), id));
+        memcpy(o + 10, &ipc, 2);
         uint8_t *th = o + ihl;
         uint32_t seq = htonl(seq0 + (uint32_t)(i * mss));
         memcpy(th + 4, &seq, 4);
+        uint8_t f = flags;
         if (i < nseg - 1)
-            th[13] &= (uint8_t)~(0x01 | 0x08); /* FIN, PSH only on the last */
+            f &= (uint8_t)~(0x01 | 0x08); /* FIN, PSH only on the last */
         if (i > 0)
-            th[13] &= (uint8_t)~0x80; /* CWR only on the first */
-        th[16] = th[17] = 0;
-        uint64_t sum = add_carry(csum_add(th, thl, pseudo4(o, IPPROTO_TCP, (uint32_t)(thl + chunk))), payload_sum);
+            f &= (uint8_t)~0x80; /* CWR only on the first */
+        th[12] = tcp[12];
+        th[13] = f;
+        uint16_t word, l4 = htons((uint16_t)(thl + chunk));
+        memcpy(&word, th + 12, 2);
+        uint64_t sum = add_carry(add_carry(add_carry(tcp_sum, seq), add_carry(word, l4)), payload_sum);
         uint16_t c = (uint16_t)~csum_fold(sum);
         memcpy(th + 16, &c, 2);
     }
@@ -734,38 +784,55 @@ long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, u
 }
 
 /* ---------------------------------------------------------------- TX thread ---- */
+struct tx_state {
+    uint8_t *frame; /* one frame buffer, reused (so it stays in cache): what a frame becomes is copied to q */
+    struct txq *q;
+};
+
+static int tx_state_init(struct fp *fp, struct tx_state *s) {
+    s->frame = aligned_alloc(64, FRAME_STRIDE);
+    s->q = txq_new((fp->features & FP_UDP_GSO) != 0, sink_to_socket, &fp->udp_fd);
+    return s->frame && s->q ? 0 : -1;
+}
+
+static void tx_state_free(struct tx_state *s) {
+    free(s->frame);
+    txq_free(s->q);
+}
+
+/* Read what the TUN holds (up to TX_BATCH frames) and send it; returns how many frames. */
+static int tx_service(struct fp *fp, struct tx_state *s) {
+    struct fp_table *t = table_acquire(fp, HZ_TX);
+    fp_stats st = {0};
+    for (int k = 0; k < TX_BATCH; k++) {
+        uint8_t *f = s->frame + FRAME_SKEW;
+        ssize_t r = read(fp->tun_fd, f, FRAME_CAP);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* EAGAIN: drained */
+        }
+        st.tun_reads++;
+        tx_frame(s->q, t, fp->vnet, f, (size_t)r, &st);
+    }
+    txq_flush(s->q, &st);
+    table_release(fp, HZ_TX);
+    if (st.tun_reads)
+        stats_publish(fp, &st);
+    return (int)st.tun_reads;
+}
+
 static void *tx_main(void *arg) {
     struct fp *fp = arg;
-    /* one frame buffer, reused (so it stays in cache): what a frame becomes is copied to the queue */
-    uint8_t *frame = aligned_alloc(64, FRAME_STRIDE);
-    struct txq *q = txq_new((fp->features & FP_UDP_GSO) != 0, sink_to_socket, &fp->udp_fd);
-    if (!frame || !q)
-        goto out;
-    while (!atomic_load(&fp->stop)) {
-        table_release(fp, HZ_TX);
-        struct pollfd p = {fp->tun_fd, POLLIN, 0};
-        if (poll(&p, 1, POLL_MS) <= 0)
-            continue;
-        struct fp_table *t = table_acquire(fp, HZ_TX);
-        fp_stats st = {0};
-        for (int k = 0; k < TX_BATCH; k++) {
-            uint8_t *f = frame + FRAME_SKEW;
-            ssize_t r = read(fp->tun_fd, f, FRAME_CAP);
-            if (r < 0) {
-                if (errno == EINTR)
-                    continue;
-                break; /* EAGAIN: drained */
-            }
-            st.tun_reads++;
-            tx_frame(q, t, fp->vnet, f, (size_t)r, &st);
+    struct tx_state s;
+    if (tx_state_init(fp, &s) == 0) {
+        while (!atomic_load(&fp->stop)) {
+            struct pollfd p = {fp->tun_fd, POLLIN, 0};
+            if (poll(&p, 1, POLL_MS) > 0)
+                tx_service(fp, &s);
         }
-        txq_flush(q, &st);
-        stats_publish(fp, &st);
     }
-out:
-    table_release(fp, HZ_TX);
-    free(frame);
-    txq_free(q);
+    tx_state_free(&s);
     return NULL;
 }
 
@@ -1005,80 +1072,133 @@ static int rx_accept(const struct fp_table *t, uint32_t outer_src, const uint8_t
     return 1;
 }
 
-static void *rx_main(void *arg) {
-    struct fp *fp = arg;
-    uint8_t *bufs = aligned_alloc(4096, (size_t)RX_BATCH * RX_BUF); /* 64-byte aligned: see FRAME_SKEW */
-    struct coalescer *cp = calloc(1, sizeof(struct coalescer));
+struct rx_state {
+    uint8_t *bufs; /* RX_BATCH buffers of RX_BUF bytes, 64-byte aligned: see FRAME_SKEW */
+    struct coalescer *c;
     struct mmsghdr msgs[RX_BATCH];
     struct iovec iov[RX_BATCH];
     struct sockaddr_in src[RX_BATCH];
     char ctrl[RX_BATCH][CMSG_SPACE(sizeof(int))];
-    if (!bufs || !cp)
-        goto out;
-    struct coalescer *c = cp;
-    c->vnet = fp->vnet;
-    c->tso = fp->vnet && (fp->features & FP_TUN_TSO);
-    c->sink = sink_to_tun;
-    c->ctx = &fp->tun_fd;
-    while (!atomic_load(&fp->stop)) {
-        table_release(fp, HZ_RX);
-        struct pollfd p = {fp->udp_fd, POLLIN, 0};
-        if (poll(&p, 1, POLL_MS) <= 0)
-            continue;
-        for (int i = 0; i < RX_BATCH; i++) {
-            iov[i] = (struct iovec){bufs + (size_t)i * RX_BUF, RX_BUF};
-            msgs[i].msg_hdr = (struct msghdr){&src[i], sizeof(src[i]), &iov[i], 1, ctrl[i], sizeof(ctrl[i]), 0};
-        }
-        int n = recvmmsg(fp->udp_fd, msgs, RX_BATCH, MSG_DONTWAIT, NULL);
-        if (n <= 0) {
-            if (n < 0 && errno != EAGAIN && errno != EINTR) {
-                fp_stats st = {0};
-                st.rx_drop_socket_error = 1;
-                stats_publish(fp, &st);
-            }
-            continue;
-        }
-        struct fp_table *t = table_acquire(fp, HZ_RX);
-        fp_stats st = {0};
-        st.rx_syscalls = 1;
-        c->writes = c->errors_full = c->errors_other = 0;
-        for (int i = 0; i < n; i++) {
-            size_t total = msgs[i].msg_len;
-            size_t gso = total;
-            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
-                st.rx_drop_malformed++;
-                continue;
-            }
-            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm)) {
-                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
-                    int g;
-                    memcpy(&g, CMSG_DATA(cm), sizeof(g));
-                    if (g > 0)
-                        gso = (size_t)g;
-                }
-            }
-            uint32_t outer = ntohl(src[i].sin_addr.s_addr);
-            const uint8_t *b = bufs + (size_t)i * RX_BUF;
-            for (size_t off = 0; off < total; off += gso) {
-                size_t dl = total - off < gso ? total - off : gso;
-                if (!rx_accept(t, outer, b + off, dl, &st))
-                    continue;
-                st.rx_packets++;
-                st.rx_bytes += dl;
-                coal_add(c, b + off, dl);
-            }
-        }
-        coal_flush(c);
-        table_release(fp, HZ_RX);
-        st.tun_writes = c->writes;
-        st.rx_drop_tun_full = c->errors_full;
-        st.rx_drop_tun_error = c->errors_other;
-        stats_publish(fp, &st);
+};
+
+static struct rx_state *rx_state_new(struct fp *fp) {
+    struct rx_state *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->bufs = aligned_alloc(4096, (size_t)RX_BATCH * RX_BUF);
+    s->c = calloc(1, sizeof(struct coalescer));
+    if (!s->bufs || !s->c) {
+        free(s->bufs);
+        free(s->c);
+        free(s);
+        return NULL;
     }
-out:
+    s->c->vnet = fp->vnet;
+    s->c->tso = fp->vnet && (fp->features & FP_TUN_TSO);
+    s->c->sink = sink_to_tun;
+    s->c->ctx = &fp->tun_fd;
+    return s;
+}
+
+static void rx_state_free(struct rx_state *s) {
+    if (s) {
+        free(s->bufs);
+        free(s->c);
+    }
+    free(s);
+}
+
+/* Receive what the socket holds (one recvmmsg) and write it to the TUN; returns how many datagrams. */
+static int rx_service(struct fp *fp, struct rx_state *s) {
+    for (int i = 0; i < RX_BATCH; i++) {
+        s->iov[i] = (struct iovec){s->bufs + (size_t)i * RX_BUF, RX_BUF};
+        s->msgs[i].msg_hdr =
+            (struct msghdr){&s->src[i], sizeof(s->src[i]), &s->iov[i], 1, s->ctrl[i], sizeof(s->ctrl[i]), 0};
+    }
+    int n = recvmmsg(fp->udp_fd, s->msgs, RX_BATCH, MSG_DONTWAIT, NULL);
+    if (n <= 0) {
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            fp_stats st = {0};
+            st.rx_drop_socket_error = 1;
+            stats_publish(fp, &st);
+        }
+        return 0;
+    }
+    struct coalescer *c = s->c;
+    struct fp_table *t = table_acquire(fp, HZ_RX);
+    fp_stats st = {0};
+    st.rx_syscalls = 1;
+    c->writes = c->errors_full = c->errors_other = 0;
+    for (int i = 0; i < n; i++) {
+        struct msghdr *mh = &s->msgs[i].msg_hdr;
+        size_t total = s->msgs[i].msg_len;
+        size_t gso = total;
+        if (mh->msg_flags & MSG_TRUNC) {
+            st.rx_drop_malformed++;
+            continue;
+        }
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+            if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                int g;
+                memcpy(&g, CMSG_DATA(cm), sizeof(g));
+                if (g > 0)
+                    gso = (size_t)g;
+            }
+        }
+        uint32_t outer = ntohl(s->src[i].sin_addr.s_addr);
+        const uint8_t *b = s->bufs + (size_t)i * RX_BUF;
+        for (size_t off = 0; off < total; off += gso) {
+            size_t dl = total - off < gso ? total - off : gso;
+            if (!rx_accept(t, outer, b + off, dl, &st))
+                continue;
+            st.rx_packets++;
+            st.rx_bytes += dl;
+            coal_add(c, b + off, dl);
+        }
+    }
+    coal_flush(c);
     table_release(fp, HZ_RX);
-    free(bufs);
-    free(cp);
+    st.tun_writes = c->writes;
+    st.rx_drop_tun_full = c->errors_full;
+    st.rx_drop_tun_error = c->errors_other;
+    stats_publish(fp, &st);
+    return n;
+}
+
+static void *rx_main(void *arg) {
+    struct fp *fp = arg;
+    struct rx_state *s = rx_state_new(fp);
+    while (s && !atomic_load(&fp->stop)) {
+        struct pollfd p = {fp->udp_fd, POLLIN, 0};
+        if (poll(&p, 1, POLL_MS) > 0)
+            rx_service(fp, s);
+    }
+    rx_state_free(s);
+    return NULL;
+}
+
+/* Both directions in one thread, as flannel's proxy does. With a thread per direction, the
+ * reverse direction of a TCP stream (its ACKs) costs a wake-up of the other thread for every few
+ * packets; here the ACKs that the stream's own writes to the TUN provoke are picked up by the
+ * same thread on its next turn. Measured on 2 cores: 13% less CPU per byte for one stream at the
+ * same throughput, but 7% less throughput with both directions busy (fp_start's caller picks). */
+static void *both_main(void *arg) {
+    struct fp *fp = arg;
+    struct tx_state ts;
+    struct rx_state *rs = rx_state_new(fp);
+    if (tx_state_init(fp, &ts) == 0 && rs) {
+        while (!atomic_load(&fp->stop)) {
+            struct pollfd p[2] = {{fp->tun_fd, POLLIN, 0}, {fp->udp_fd, POLLIN, 0}};
+            if (poll(p, 2, POLL_MS) <= 0)
+                continue;
+            if (p[1].revents)
+                rx_service(fp, rs);
+            if (p[0].revents)
+                tx_service(fp, &ts);
+        }
+    }
+    tx_state_free(&ts);
+    rx_state_free(rs);
     return NULL;
 }
 
@@ -1171,21 +1291,24 @@ struct fp *fp_open(const char *name, uint32_t bind_ip, uint16_t port, int featur
     return fp;
 }
 
-int fp_start(struct fp *fp) {
+int fp_start(struct fp *fp, int threads) {
+    if (threads != 1 && threads != 2)
+        return -EINVAL;
     if (fp->started)
-        return 0;
+        return fp->threads == threads ? 0 : -EBUSY;
     atomic_store(&fp->stop, 0);
-    int r = pthread_create(&fp->tx, NULL, tx_main, fp);
+    int r = pthread_create(&fp->tx, NULL, threads == 1 ? both_main : tx_main, fp);
     if (r)
         return -r;
-    r = pthread_create(&fp->rx, NULL, rx_main, fp);
-    if (r) {
+    if (threads == 2 && (r = pthread_create(&fp->rx, NULL, rx_main, fp))) {
         atomic_store(&fp->stop, 1);
         pthread_join(fp->tx, NULL);
         return -r;
     }
-    pthread_setname_np(fp->tx, "netd-fp-tx");
-    pthread_setname_np(fp->rx, "netd-fp-rx");
+    pthread_setname_np(fp->tx, threads == 1 ? "netd-fp" : "netd-fp-tx");
+    if (threads == 2)
+        pthread_setname_np(fp->rx, "netd-fp-rx");
+    fp->threads = threads;
     fp->started = 1;
     return 0;
 }
@@ -1195,7 +1318,8 @@ void fp_stop(struct fp *fp) {
         return;
     atomic_store(&fp->stop, 1);
     pthread_join(fp->tx, NULL);
-    pthread_join(fp->rx, NULL);
+    if (fp->threads == 2)
+        pthread_join(fp->rx, NULL);
     fp->started = 0;
 }
 

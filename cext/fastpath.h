@@ -56,7 +56,10 @@ struct fp_table;
  * On failure returns NULL and writes a message into err. */
 struct fp *fp_open(const char *name, uint32_t bind_ip, uint16_t port, int features, char *err, size_t errlen);
 int fp_features(const struct fp *fp);
-int fp_start(struct fp *fp);  /* starts the two forwarding threads; 0 or -errno */
+/* Starts forwarding: threads = 1 serves both directions in one thread, 2 gives each direction its
+ * own. Returns 0 (also when already started that way), -EINVAL, -EBUSY (started the other way)
+ * or -errno. */
+int fp_start(struct fp *fp, int threads);
 void fp_stop(struct fp *fp);  /* stops and joins them (within ~100 ms) */
 void fp_close(struct fp *fp); /* stops, closes the fds (the TUN stays: it is persistent) */
 void fp_get_stats(const struct fp *fp, fp_stats *out);

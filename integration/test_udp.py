@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP
@@ -86,6 +88,32 @@ def test_plain_mode_is_forced_by_a_setting(make_cluster):
     c.start_netd(1)
     c.wait_ready(1)
     assert "vnet_hdr on" in c.exec(1, "ip", "-d", "link", "show", "flannel0").stdout
+    assert c.can_ping(a, b.ip)
+
+
+def fp_threads(c: Cluster, i: int) -> list[str]:
+    task = f"/proc/{c.netd_pid(i)}/task"
+    names = (Path(task, t, "comm").read_text().strip() for t in os.listdir(task))
+    return sorted(n for n in names if n.startswith("netd-fp"))
+
+
+def test_a_thread_per_direction_is_a_setting(make_cluster):
+    c = make_cluster(2)
+    start_udp(c, "--udp-threads=2")
+    a, b = c.add_container(1), c.add_container(2)
+    assert fp_threads(c, 1) == ["netd-fp-rx", "netd-fp-tx"]
+    assert "a thread per direction" in c.netd_log(1)
+    rx = tool(b.name, "tcp-recv", "5001")
+    wait_listening(rx)
+    tx = tool(a.name, "tcp-send", str(b.ip), "5001", "20")
+    sent, _ = tx.communicate(timeout=60)
+    got, _ = rx.communicate(timeout=30)
+    assert sent.split() == got.split() and sent.split()[0] == str(20 << 20)
+    # a restart with the default re-attaches in the other layout (the cached one is not adopted)
+    c.stop_netd(1)
+    c.start_netd(1)
+    c.wait_ready(1)
+    assert fp_threads(c, 1) == ["netd-fp"]
     assert c.can_ping(a, b.ip)
 
 

@@ -14,6 +14,7 @@ from netd.model import NetworkConfig
 @dataclass(frozen=True)
 class BackendOptions:
     udp_offloads: bool = True
+    udp_threads: int = 1
     state_dir: str | None = None
     #: a FastPath re-attached from the route cache before etcd was reached (see netd.cli)
     prestarted: Any = None
@@ -31,6 +32,7 @@ def make_backend(cfg: NetworkConfig, underlay: Underlay, options: BackendOptions
         from netd.adapters.udp import UdpBackend  # needs the compiled extension
 
         state = route_cache_path(options.state_dir) if options.state_dir else None
-        return UdpBackend(cfg, underlay, offloads=options.udp_offloads, state_file=state,
+        return UdpBackend(cfg, underlay, offloads=options.udp_offloads, threads=options.udp_threads,
+                          state_file=state,
                           prestarted=options.prestarted)
     raise ConfigError(f"backend {cfg.backend.type!r} is not known", "Backend.Type")

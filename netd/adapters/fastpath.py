@@ -18,6 +18,8 @@ from netd.errors import DataplaneError
 
 FEATURES = {"tun-tso": lib.FP_TUN_TSO, "udp-gso": lib.FP_UDP_GSO, "udp-gro": lib.FP_UDP_GRO}
 ALL_FEATURES = lib.FP_TUN_TSO | lib.FP_UDP_GSO | lib.FP_UDP_GRO
+#: forwarding thread layouts (see fp_start): 1 serves both directions, 2 gives each its own
+THREAD_LAYOUTS = {1: "one thread for both directions", 2: "a thread per direction"}
 
 #: fp_stats fields, each mapped to (direction, what): "packets"/"bytes"/... or a drop reason.
 STAT_FIELDS = [name for name, _ in ffi.typeof("fp_stats").fields]
@@ -44,7 +46,10 @@ class UdpRoute:
 class FastPath:
     """One TUN (persistent, re-attached on restart) and one UDP socket, forwarded in C."""
 
-    def __init__(self, tun: str, bind_ip: ipaddress.IPv4Address, port: int, offloads: bool = True) -> None:
+    def __init__(self, tun: str, bind_ip: ipaddress.IPv4Address, port: int, offloads: bool = True,
+                 threads: int = 1) -> None:
+        if threads not in THREAD_LAYOUTS:
+            raise DataplaneError(f"udp forwarding threads must be one of {sorted(THREAD_LAYOUTS)}, not {threads}")
         err = ffi.new("char[]", 256)
         self._fp = lib.fp_open(tun.encode(), int(bind_ip), port, ALL_FEATURES if offloads else 0, err, 256)
         if self._fp == ffi.NULL:
@@ -52,6 +57,7 @@ class FastPath:
         self.tun = tun
         self.port = port
         self.offloads_requested = offloads
+        self.threads = threads
         self._routes: tuple[UdpRoute, ...] = ()
 
     @property
@@ -60,7 +66,7 @@ class FastPath:
         return {name for name, bit in FEATURES.items() if on & bit}
 
     def start(self) -> None:
-        rc = lib.fp_start(self._fp)
+        rc = lib.fp_start(self._fp, self.threads)
         if rc != 0:
             raise DataplaneError(f"starting the fast path threads failed: errno {-rc}")
 
@@ -114,14 +120,15 @@ def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address) -> UdpRoute 
 
 
 # -- route cache: lets a restarted netd forward before it has imported much or seen etcd -------
-def save_route_cache(path: str, tun: str, port: int, offloads: bool, routes: Iterable[UdpRoute]) -> None:
-    obj = {"tun": tun, "port": port, "offloads": offloads,
+def save_route_cache(path: str, tun: str, port: int, offloads: bool, threads: int,
+                     routes: Iterable[UdpRoute]) -> None:
+    obj = {"tun": tun, "port": port, "offloads": offloads, "threads": threads,
            "routes": [[str(r.subnet), str(r.peer_ip), r.peer_port] for r in routes]}
     write_atomic(path, json.dumps(obj), mode=0o600)
 
 
 def load_route_cache(path: str) -> dict[str, Any] | None:
-    """{"tun", "port", "offloads", "routes": [UdpRoute]} or None if absent or unreadable."""
+    """{"tun", "port", "offloads", "threads", "routes": [UdpRoute]} or None if absent or unreadable."""
     try:
         with open(path) as fh:
             obj = json.load(fh)
@@ -130,6 +137,8 @@ def load_route_cache(path: str) -> dict[str, Any] | None:
         str(obj["tun"])
         int(obj["port"])
         bool(obj["offloads"])
+        obj.setdefault("threads", 2)  # written by netd 0.x before the layout was a setting: it ran 2
+        int(obj["threads"])
         return obj
     except (OSError, ValueError, TypeError, KeyError):
         return None
@@ -145,7 +154,8 @@ def prestart_from_cache(path: str) -> FastPath | None:
     if cache is None:
         return None
     try:
-        fast = FastPath(cache["tun"], ipaddress.IPv4Address("0.0.0.0"), cache["port"], cache["offloads"])
+        fast = FastPath(cache["tun"], ipaddress.IPv4Address("0.0.0.0"), cache["port"], cache["offloads"],
+                        cache["threads"])
     except DataplaneError:
         return None
     fast.set_routes(cache["routes"])

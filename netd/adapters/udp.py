@@ -20,7 +20,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from netd.adapters.fastpath import FastPath, UdpRoute, save_route_cache
+from netd.adapters.fastpath import THREAD_LAYOUTS, FastPath, UdpRoute, save_route_cache
 from netd.adapters.netlink import UDP_TUN, Underlay, remove_other_backends
 from netd.core.dataplane import DataplanePlan, DataplaneState, Route
 from netd.errors import DataplaneError
@@ -40,6 +40,7 @@ class UdpBackend:
         underlay: Underlay,
         ipr: IPRoute | None = None,
         offloads: bool = True,
+        threads: int = 1,
         state_file: str | None = None,
         tun: str = UDP_TUN,
         prestarted: FastPath | None = None,
@@ -52,8 +53,9 @@ class UdpBackend:
         self.tun = tun
         self.state_file = state_file
         self.offloads = offloads
-        if prestarted is not None and (prestarted.tun, prestarted.port, prestarted.offloads_requested) != (
-                tun, self.port, offloads):
+        self.threads = threads
+        if prestarted is not None and (prestarted.tun, prestarted.port, prestarted.offloads_requested,
+                                       prestarted.threads) != (tun, self.port, offloads, threads):
             prestarted.close()  # the config changed since the cache was written
             prestarted = None
         adopted = prestarted is not None
@@ -62,14 +64,14 @@ class UdpBackend:
         else:
             self.fast = self._open(offloads)
             self.fast.start()
-        log.info("udp fast path on %s, port %d, offloads: %s%s", tun, self.port,
+        log.info("udp fast path on %s, port %d, %s, offloads: %s%s", tun, self.port, THREAD_LAYOUTS[threads],
                  ", ".join(sorted(self.fast.features)) or "none (plain mode)",
                  f"; re-attached before contacting etcd with {len(self.fast.routes)} cached routes"
                  if adopted else "")
 
     def _open(self, offloads: bool) -> FastPath:
         try:
-            return FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads)
+            return FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads, self.threads)
         except DataplaneError as exc:
             found = self.ipr.link_lookup(ifname=self.tun)
             if not found or "attach to TUN" not in str(exc):
@@ -77,12 +79,13 @@ class UdpBackend:
             # a persistent TUN from a run in the other mode (vnet/plain): recreate it
             log.info("recreating %s: %s", self.tun, exc)
             self.ipr.link("del", index=found[0])
-            return FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads)
+            return FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads, self.threads)
 
     def _save_state(self) -> None:
         if self.state_file:
             with contextlib.suppress(OSError):
-                save_route_cache(self.state_file, self.tun, self.port, self.offloads, self.fast.routes)
+                save_route_cache(self.state_file, self.tun, self.port, self.offloads, self.threads,
+                                 self.fast.routes)
 
     # -- Backend -------------------------------------------------------------------------------
     def backend_data(self) -> dict[str, Any]:

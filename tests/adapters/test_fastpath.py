@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import threading
+from pathlib import Path
 
 import pytest
 from pyroute2 import netns as pnetns
 
-from netd.adapters.fastpath import FastPath, UdpRoute
+from netd.adapters.fastpath import FastPath, UdpRoute, load_route_cache, save_route_cache
+from netd.errors import DataplaneError
 
 N = ipaddress.IPv4Network
 A = ipaddress.IPv4Address
@@ -59,3 +62,44 @@ def test_the_check_can_fail_negative_control(fast):
 def test_features_and_counters_are_exposed(fast):
     assert fast.features <= {"tun-tso", "udp-gso", "udp-gro"}
     assert set(fast.stats()) >= {"tx_packets", "rx_drop_spoofed", "rx_drop_tun_full"}
+
+
+def thread_names() -> list[str]:
+    return sorted(p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm"))
+
+
+@pytest.mark.parametrize("threads,names", [(1, ["netd-fp"]), (2, ["netd-fp-rx", "netd-fp-tx"])])
+def test_thread_layouts(ns, threads, names):
+    pnetns.pushns(ns)
+    try:
+        fp = FastPath("fptest1", A("0.0.0.0"), 18286, threads=threads)
+    finally:
+        pnetns.popns()
+    try:
+        before = thread_names()
+        fp.start()
+        fp.start()  # starting again the same way is a no-op
+        started = thread_names()
+        for name in names:
+            assert started.count(name) == before.count(name) + 1
+        assert len(started) == len(before) + len(names)
+    finally:
+        fp.close()
+    assert thread_names() == before
+
+
+def test_an_unknown_thread_layout_is_refused_by_name():
+    with pytest.raises(DataplaneError, match="forwarding threads must be one of \\[1, 2\\], not 3"):
+        FastPath("fptest2", A("0.0.0.0"), 18287, threads=3)
+
+
+def test_the_route_cache_keeps_the_layout(tmp_path):
+    path = str(tmp_path / "routes.json")
+    routes = [UdpRoute(N("10.5.7.0/24"), A("192.0.2.7"), 8285)]
+    save_route_cache(path, "flannel0", 8285, True, 2, routes)
+    assert load_route_cache(path) == {"tun": "flannel0", "port": 8285, "offloads": True, "threads": 2,
+                                      "routes": routes}
+    # a cache written before the layout was a setting: that netd ran a thread per direction
+    with open(path, "w") as fh:
+        json.dump({"tun": "flannel0", "port": 8285, "offloads": False, "routes": []}, fh)
+    assert load_route_cache(path)["threads"] == 2

@@ -107,6 +107,19 @@ def test_tso_super_packet_is_cut_into_correct_segments(payload_len, mss, copy_lo
     assert out == b"".join(expected)  # seq wraps past 2^32, ids, checksums, flags: all as scapy builds them
 
 
+def test_every_segment_tail_length_is_copied_and_summed(copy_loop):
+    """Segment sizes 1..160 with extreme data (carries): the vector loop, its masked tail, the scalar rest."""
+    options = [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]
+    for mss in range(1, 161):
+        payload = (bytes([0xFF]) * mss + random.Random(mss).randbytes(mss))[: mss * 2 - 1]
+        sp = IP(src=SRC, dst=DST, id=5, flags="DF", ttl=64) / TCP(
+            sport=40000, dport=5201, seq=9, ack=777, flags="A", window=501, options=options) / payload
+        raw = bytearray(bytes(sp))
+        struct.pack_into("!H", raw, 36, pseudo_partial(SRC, DST, 6, len(raw) - 20))
+        out, _ = tx_prepare(vnet(NEEDS_CSUM, GSO_TCPV4, 52, mss, 20, 16) + bytes(raw))
+        assert out == b"".join(segments_expected(payload, mss, 9, 5, "A", options)), f"mss {mss}"
+
+
 def test_non_gso_frame_with_partial_udp_checksum_is_completed():
     pkt = IP(src=SRC, dst=DST) / UDP(sport=1, dport=2) / b"hello world"
     raw = bytearray(bytes(pkt))
