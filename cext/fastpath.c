@@ -175,35 +175,11 @@ __attribute__((target("avx2"))) static uint64_t csum_copy_avx2(uint8_t *dst, con
         dst += 64;
         len -= 64;
     }
-    /* The tail (under 64 bytes: every segment has one) in at most two more steps, the last one
-     * masked to whole 32-bit words (masked-off lanes are neither read nor written): a scalar
-     * loop here cost as much as the vector loop over the rest of a 1448-byte segment. */
-    if (len >= 32) {
-        __m256i x = _mm256_loadu_si256((const __m256i *)src);
-        _mm256_storeu_si256((__m256i *)dst, x);
-        a0 = _mm256_add_epi64(a0, _mm256_unpacklo_epi32(x, z));
-        a1 = _mm256_add_epi64(a1, _mm256_unpackhi_epi32(x, z));
-        src += 32;
-        dst += 32;
-        len -= 32;
-    }
-    if (len >= 4) {
-        __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(len / 4)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        __m256i x = _mm256_maskload_epi32((const int *)src, mask);
-        _mm256_maskstore_epi32((int *)dst, mask, x);
-        a2 = _mm256_add_epi64(a2, _mm256_unpacklo_epi32(x, z));
-        a3 = _mm256_add_epi64(a3, _mm256_unpackhi_epi32(x, z));
-        size_t done = len & ~(size_t)3;
-        src += done;
-        dst += done;
-        len -= done;
-    }
     uint64_t lanes[4];
     _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
     for (int i = 0; i < 4; i++)
         acc = add_carry(acc, lanes[i]);
-    memcpy(dst, src, len);
-    return csum_tail(src, len, acc);
+    return csum_copy_scalar(dst, src, len, acc);
 }
 #endif
 
@@ -439,7 +415,6 @@ int fp_features(const struct fp *fp) { return fp->features; }
  * segment by segment, and about half of them hit the slow case. */
 #define TXQ_MSGS 64             /* datagrams per sendmmsg */
 #define TXQ_ARENA (1 << 20)     /* bytes queued before an early flush (256 KB and 2 MB measured worse) */
-#define HDR_TMPL 128            /* IP + TCP headers at most (60 + 60), rounded up */
 #define UDP_MAX_PAYLOAD 65507   /* 65535 - IPv4 header - UDP header: the most one sendmsg can carry */
 
 /* sendmmsg's contract: how many messages were sent, or -1 with errno. */
@@ -466,7 +441,7 @@ struct txq {
 
 static struct txq *txq_new(int gso, dgram_sink send, void *ctx) {
     struct txq *q = calloc(1, sizeof(*q));
-    if (q && !(q->arena = aligned_alloc(64, TXQ_ARENA + HDR_TMPL))) { /* + room for segment_tcp4's copies */
+    if (q && !(q->arena = aligned_alloc(64, TXQ_ARENA))) {
         free(q);
         return NULL;
     }
@@ -593,51 +568,27 @@ static int segment_tcp4(struct txq *q, const fp_route *rt, const uint8_t *pkt, s
     seq0 = ntohl(seq0);
     memcpy(&id0, pkt + 4, 2);
     id0 = ntohs(id0);
-    /* Every segment's headers come from one template whose per-segment fields (IP length, ID and
-     * checksum; TCP sequence number, flags and checksum) are zero, and the template's sums are
-     * taken once: a segment then adds only its own fields. (Summing the three headers afresh for
-     * every segment cost more CPU than copying and summing its payload.) */
-    uint8_t tmpl[HDR_TMPL] __attribute__((aligned(64)));
-    memcpy(tmpl, pkt, hdrs);
-    memset(tmpl + 2, 0, 4);          /* total length, ID */
-    memset(tmpl + 10, 0, 2);         /* IP checksum */
-    memset(tmpl + ihl + 4, 0, 4);    /* sequence number */
-    memset(tmpl + ihl + 12, 0, 2);   /* data offset and flags */
-    memset(tmpl + ihl + 16, 0, 2);   /* TCP checksum */
-    uint64_t ip_sum = csum_add(tmpl, ihl, 0);
-    uint64_t tcp_sum = csum_add(tmpl + ihl, thl, csum_add(pkt + 12, 8, htons(IPPROTO_TCP)));
-    uint8_t flags = tcp[13];
     for (int i = 0; i < nseg; i++) {
         size_t chunk = payload - (size_t)i * mss;
         if (chunk > mss)
             chunk = mss;
         uint8_t *o = txq_push(q, rt, hdrs + chunk, st);
-        /* fixed-size copies (the payload overwrites what lands past the headers; the arena has
-         * room): a variable-length memcpy of ~52 bytes became rep movs, slow to start */
-        if (hdrs <= 64)
-            memcpy(o, tmpl, 64);
-        else
-            memcpy(o, tmpl, HDR_TMPL);
+        memcpy(o, pkt, hdrs);
         /* the payload follows the headers at an even offset (thl is a multiple of 4): the sums add */
         uint64_t payload_sum = csum_copy(o + hdrs, pkt + hdrs + (size_t)i * mss, chunk, 0);
         uint16_t tot = htons((uint16_t)(hdrs + chunk)), id = htons((uint16_t)(id0 + i));
         memcpy(o + 2, &tot, 2);
         memcpy(o + 4, &id, 2);
-        uint16_t ipc = (uint16_t)~csum_fold(add_carry(add_carry(ip_sum, tot), id));
-        memcpy(o + 10, &ipc, 2);
+        ip4_set_checksum(o);
         uint8_t *th = o + ihl;
         uint32_t seq = htonl(seq0 + (uint32_t)(i * mss));
         memcpy(th + 4, &seq, 4);
-        uint8_t f = flags;
         if (i < nseg - 1)
-            f &= (uint8_t)~(0x01 | 0x08); /* FIN, PSH only on the last */
+            th[13] &= (uint8_t)~(0x01 | 0x08); /* FIN, PSH only on the last */
         if (i > 0)
-            f &= (uint8_t)~0x80; /* CWR only on the first */
-        th[12] = tcp[12];
-        th[13] = f;
-        uint16_t word, l4 = htons((uint16_t)(thl + chunk));
-        memcpy(&word, th + 12, 2);
-        uint64_t sum = add_carry(add_carry(add_carry(tcp_sum, seq), add_carry(word, l4)), payload_sum);
+            th[13] &= (uint8_t)~0x80; /* CWR only on the first */
+        th[16] = th[17] = 0;
+        uint64_t sum = add_carry(csum_add(th, thl, pseudo4(o, IPPROTO_TCP, (uint32_t)(thl + chunk))), payload_sum);
         uint16_t c = (uint16_t)~csum_fold(sum);
         memcpy(th + 16, &c, 2);
     }
@@ -1178,10 +1129,10 @@ static void *rx_main(void *arg) {
 }
 
 /* Both directions in one thread, as flannel's proxy does. With a thread per direction, the
- * reverse direction of a TCP stream (its ACKs) costs a wake-up of the other thread for every few
- * packets; here the ACKs that the stream's own writes to the TUN provoke are picked up by the
- * same thread on its next turn. Measured on 2 cores: 13% less CPU per byte for one stream at the
- * same throughput, but 7% less throughput with both directions busy (fp_start's caller picks). */
+ * reverse direction of a TCP stream (its ACKs) costs the other thread a wake-up every few packets;
+ * here the ACKs that the stream's own writes to the TUN provoke wait for this thread's next turn.
+ * Measured on 2 cores (docs/DECISIONS.md): 6% less forwarder CPU per byte for one TCP stream at
+ * the same throughput, but 8% less throughput with both directions busy. fp_start's caller picks. */
 static void *both_main(void *arg) {
     struct fp *fp = arg;
     struct tx_state ts;
