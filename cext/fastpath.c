@@ -736,7 +736,7 @@ long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, u
 
 /* ---------------------------------------------------------------- TX thread ---- */
 struct tx_state {
-    uint8_t *frame; /* one frame buffer, reused (so it stays in cache): what a frame becomes is copied to q */
+    uint8_t *frame; /* one frame, reused (so it stays in cache): what it becomes is copied to q */
     struct txq *q;
 };
 
@@ -1128,11 +1128,12 @@ static void *rx_main(void *arg) {
     return NULL;
 }
 
-/* Both directions in one thread, as flannel's proxy does. With a thread per direction, the
- * reverse direction of a TCP stream (its ACKs) costs the other thread a wake-up every few packets;
- * here the ACKs that the stream's own writes to the TUN provoke wait for this thread's next turn.
- * Measured on 2 cores (docs/DECISIONS.md): 6% less forwarder CPU per byte for one TCP stream at
- * the same throughput, but 8% less throughput with both directions busy. fp_start's caller picks. */
+/* Both directions in one thread, as flannel's proxy does (netd --udp-threads=1). With a thread per
+ * direction, the reverse direction of a TCP stream (its ACKs) costs the other thread a wake-up
+ * every few packets; here the ACKs wait for this thread's next turn instead. Measured on 2 cores
+ * (docs/DECISIONS.md): 6% less forwarder CPU per byte for one TCP stream at the same throughput on
+ * an Intel Xeon, but 8% less throughput with both directions busy there, and 13% less single-
+ * stream throughput on an AMD EPYC. So a thread per direction is the default. */
 static void *both_main(void *arg) {
     struct fp *fp = arg;
     struct tx_state ts;

@@ -14,7 +14,7 @@ from netd.model import NetworkConfig
 @dataclass(frozen=True)
 class BackendOptions:
     udp_offloads: bool = True
-    udp_threads: int = 1
+    udp_threads: int = 2
     state_dir: str | None = None
     #: a FastPath re-attached from the route cache before etcd was reached (see netd.cli)
     prestarted: Any = None

@@ -47,7 +47,7 @@ class FastPath:
     """One TUN (persistent, re-attached on restart) and one UDP socket, forwarded in C."""
 
     def __init__(self, tun: str, bind_ip: ipaddress.IPv4Address, port: int, offloads: bool = True,
-                 threads: int = 1) -> None:
+                 threads: int = 2) -> None:
         if threads not in THREAD_LAYOUTS:
             raise DataplaneError(f"udp forwarding threads must be one of {sorted(THREAD_LAYOUTS)}, not {threads}")
         err = ffi.new("char[]", 256)

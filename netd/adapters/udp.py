@@ -40,7 +40,7 @@ class UdpBackend:
         underlay: Underlay,
         ipr: IPRoute | None = None,
         offloads: bool = True,
-        threads: int = 1,
+        threads: int = 2,
         state_file: str | None = None,
         tun: str = UDP_TUN,
         prestarted: FastPath | None = None,

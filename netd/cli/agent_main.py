@@ -56,10 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between full reconciles (default %(default)s)")
     p.add_argument("--udp-offloads", choices=["auto", "off"], default=env_default("--udp-offloads", "auto"),
                    help="udp backend: use TSO/GSO/GRO where the kernel has them, or force plain mode")
-    p.add_argument("--udp-threads", type=int, choices=[1, 2], default=int(env_default("--udp-threads", 1)),
-                   help="udp backend: forwarding threads. 1 (default) serves both directions, as flannel does, "
-                        "with the least CPU per byte; 2 gives each direction its own thread, for more "
-                        "throughput when both directions are busy on a host with cores to spare")
+    p.add_argument("--udp-threads", type=int, choices=[1, 2], default=int(env_default("--udp-threads", 2)),
+                   help="udp backend: forwarding threads. 2 (default) gives each direction its own thread; "
+                        "1 serves both, as flannel does: less CPU per byte, less throughput")
     p.add_argument("--state-dir", default=env_default("--state-dir", "/run/netd"),
                    help="where netd caches state for fast restarts (default %(default)s)")
     p.add_argument("--log-format", choices=["text", "json"], default=env_default("--log-format", "text"))
