@@ -33,6 +33,5 @@ def make_backend(cfg: NetworkConfig, underlay: Underlay, options: BackendOptions
 
         state = route_cache_path(options.state_dir) if options.state_dir else None
         return UdpBackend(cfg, underlay, offloads=options.udp_offloads, threads=options.udp_threads,
-                          state_file=state,
-                          prestarted=options.prestarted)
+                          state_file=state, prestarted=options.prestarted)
     raise ConfigError(f"backend {cfg.backend.type!r} is not known", "Backend.Type")

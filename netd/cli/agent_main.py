@@ -80,8 +80,7 @@ async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> 
     enable_forwarding()
 
     backend_options = BackendOptions(udp_offloads=args.udp_offloads == "auto", udp_threads=args.udp_threads,
-                                     state_dir=args.state_dir,
-                                     prestarted=prestarted)
+                                     state_dir=args.state_dir, prestarted=prestarted)
 
     def backend_for(cfg: NetworkConfig) -> Backend:
         return make_backend(cfg, underlay, backend_options)

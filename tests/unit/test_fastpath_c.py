@@ -108,7 +108,7 @@ def test_tso_super_packet_is_cut_into_correct_segments(payload_len, mss, copy_lo
 
 
 def test_every_segment_tail_length_is_copied_and_summed(copy_loop):
-    """Segment sizes 1..160 with extreme data (carries): the vector loop, its masked tail, the scalar rest."""
+    """Segment sizes 1..160 with extreme data (carries): every split between the vector loop and the rest."""
     options = [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]
     for mss in range(1, 161):
         payload = (bytes([0xFF]) * mss + random.Random(mss).randbytes(mss))[: mss * 2 - 1]
