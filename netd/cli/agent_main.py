@@ -36,6 +36,12 @@ def parse_duration(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a duration such as 24h, 30m or 90s, found {text!r}") from exc
 
 
+def thread_layout(value: str) -> int:
+    if value.strip() not in ("1", "2"):
+        raise argparse.ArgumentTypeError(f"must be 1 or 2, not {value!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="netd", description="netd agent: leases a subnet and routes the overlay")
     add_etcd_flags(p)
@@ -56,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between full reconciles (default %(default)s)")
     p.add_argument("--udp-offloads", choices=["auto", "off"], default=env_default("--udp-offloads", "auto"),
                    help="udp backend: use TSO/GSO/GRO where the kernel has them, or force plain mode")
-    p.add_argument("--udp-threads", type=int, choices=[1, 2], default=int(env_default("--udp-threads", 2)),
+    # a string default goes through `type` too, so a bad NETD_UDP_THREADS is refused like a bad flag
+    p.add_argument("--udp-threads", type=thread_layout, default=env_default("--udp-threads", "2"), metavar="{2,1}",
                    help="udp backend: forwarding threads. 2 (default) gives each direction its own thread; "
                         "1 serves both, as flannel does: less CPU per byte, less throughput")
     p.add_argument("--state-dir", default=env_default("--state-dir", "/run/netd"),

@@ -43,3 +43,15 @@ def test_every_flag_reads_netd_environment(monkeypatch):
         "eth1", "192.0.2.7", "/tmp/s.env", True, 7200, 9999)
     # a flag on the command line wins over the environment
     assert build_parser().parse_args(["--iface", "eth9"]).iface == "eth9"
+
+
+def test_udp_threads_from_flag_or_environment_and_bad_values_refused(monkeypatch, capsys):
+    assert build_parser().parse_args([]).udp_threads == 2
+    assert build_parser().parse_args(["--udp-threads", "1"]).udp_threads == 1
+    monkeypatch.setenv("NETD_UDP_THREADS", "1")
+    assert build_parser().parse_args([]).udp_threads == 1
+    for bad_env, argv in (("3", []), ("1", ["--udp-threads", "x"])):
+        monkeypatch.setenv("NETD_UDP_THREADS", bad_env)
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        assert "--udp-threads: must be 1 or 2" in capsys.readouterr().err
