@@ -751,8 +751,8 @@ static void tx_state_free(struct tx_state *s) {
     txq_free(s->q);
 }
 
-/* Read what the TUN holds (up to TX_BATCH frames) and send it; returns how many frames. */
-static int tx_service(struct fp *fp, struct tx_state *s) {
+/* Read what the TUN holds (up to TX_BATCH frames) and send it. */
+static void tx_service(struct fp *fp, struct tx_state *s) {
     struct fp_table *t = table_acquire(fp, HZ_TX);
     fp_stats st = {0};
     for (int k = 0; k < TX_BATCH; k++) {
@@ -768,9 +768,7 @@ static int tx_service(struct fp *fp, struct tx_state *s) {
     }
     txq_flush(s->q, &st);
     table_release(fp, HZ_TX);
-    if (st.tun_reads)
-        stats_publish(fp, &st);
-    return (int)st.tun_reads;
+    stats_publish(fp, &st);
 }
 
 static void *tx_main(void *arg) {
@@ -1059,8 +1057,8 @@ static void rx_state_free(struct rx_state *s) {
     free(s);
 }
 
-/* Receive what the socket holds (one recvmmsg) and write it to the TUN; returns how many datagrams. */
-static int rx_service(struct fp *fp, struct rx_state *s) {
+/* Receive what the socket holds (one recvmmsg) and write it to the TUN. */
+static void rx_service(struct fp *fp, struct rx_state *s) {
     for (int i = 0; i < RX_BATCH; i++) {
         s->iov[i] = (struct iovec){s->bufs + (size_t)i * RX_BUF, RX_BUF};
         s->msgs[i].msg_hdr =
@@ -1073,7 +1071,7 @@ static int rx_service(struct fp *fp, struct rx_state *s) {
             st.rx_drop_socket_error = 1;
             stats_publish(fp, &st);
         }
-        return 0;
+        return;
     }
     struct coalescer *c = s->c;
     struct fp_table *t = table_acquire(fp, HZ_RX);
@@ -1113,7 +1111,6 @@ static int rx_service(struct fp *fp, struct rx_state *s) {
     st.rx_drop_tun_full = c->errors_full;
     st.rx_drop_tun_error = c->errors_other;
     stats_publish(fp, &st);
-    return n;
 }
 
 static void *rx_main(void *arg) {
