@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import subprocess
 import sys
 
@@ -94,3 +95,18 @@ def test_failover_when_the_leader_of_a_3_member_cluster_dies(etcd_cluster3, uniq
             await reg.close()
 
     asyncio.run(main())
+
+
+def test_netctl_lists_a_flannel_dual_stack_lease(etcd_server, unique_prefix):
+    """A key written the way flannel's dual-stack hosts write it is a lease, not an unparseable
+    key (before, netd skipped it and could hand its IPv4 subnet to a second host)."""
+    key = f"{unique_prefix}/subnets/10.5.9.0-24&fd00:0:0:9::-64"
+    etcd_server.etcdctl("put", key, '{"PublicIP":"192.0.2.9","PublicIPv6":"2001:db8::9","BackendType":"vxlan"}')
+    base = [sys.executable, "-m", "netd.cli.netctl_main", f"--etcd-endpoints={etcd_server.endpoint}",
+            f"--etcd-prefix={unique_prefix}", "leases"]
+    table = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "unparseable" not in table.stderr, table.stderr
+    assert "IPV6 SUBNET" in table.stdout and "fd00:0:0:9::/64" in table.stdout
+    rows = json.loads(subprocess.run([*base, "-o", "json"], capture_output=True, text=True, timeout=60).stdout)
+    assert [(r["subnet"], r["ipv6_subnet"], r["public_ip"]) for r in rows] == [
+        ("10.5.9.0/24", "fd00:0:0:9::/64", "192.0.2.9")]

@@ -30,7 +30,7 @@ import grpc
 
 from netd.adapters.registry import Snapshot, SubnetEvent
 from netd.errors import CompactedError, ConfigError, ConflictError, RegistryUnavailable
-from netd.model import Lease, LeaseAttrs, format_subnet_key, parse_subnet_key
+from netd.model import Lease, LeaseAttrs, format_subnet_key, parse_lease_key, parse_subnet_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -192,11 +192,13 @@ class EtcdRegistry:
     # -- decoding --------------------------------------------------------------------------
     def _lease_from_kv(self, kv: Any) -> Lease:
         name = bytes(kv.key)[len(self._subnets_prefix):].decode()
+        subnet, ipv6_subnet = parse_lease_key(name)
         return Lease(
-            parse_subnet_key(name),
+            subnet,
             LeaseAttrs.from_json(bytes(kv.value), source=bytes(kv.key).decode()),
             int(kv.lease),
             int(kv.mod_revision),
+            ipv6_subnet,
         )
 
     def _snapshot(self, kvs: Any, revision: int) -> Snapshot:
@@ -208,8 +210,8 @@ class EtcdRegistry:
                 invalid.append(f"{bytes(kv.key).decode(errors='replace')}: {exc}")
         return Snapshot(tuple(leases), revision, tuple(invalid))
 
-    def _key(self, subnet: ipaddress.IPv4Network) -> bytes:
-        return self._subnets_prefix + format_subnet_key(subnet).encode()
+    def _key(self, subnet: ipaddress.IPv4Network, ipv6_subnet: ipaddress.IPv6Network | None = None) -> bytes:
+        return self._subnets_prefix + format_subnet_key(subnet, ipv6_subnet).encode()
 
     # -- Registry ----------------------------------------------------------------------------
     async def get_config(self) -> bytes | None:
@@ -245,8 +247,11 @@ class EtcdRegistry:
         granted = await self._call("grant lease", lambda c: c.lease(ttl))
         return int(granted.id)
 
-    async def create_subnet(self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
-        key = self._key(subnet)
+    async def create_subnet(
+        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int,
+        ipv6_subnet: ipaddress.IPv6Network | None = None,
+    ) -> Lease:
+        key = self._key(subnet, ipv6_subnet)
         lease_id = 0
         if ttl > 0:
             spare, self._spare = self._spare, None
@@ -267,7 +272,7 @@ class EtcdRegistry:
         return self._lease_from_kv(responses[1][0][1])
 
     async def update_subnet(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
-        key = self._key(current.subnet)
+        key = self._key(current.subnet, current.ipv6_subnet)
         lease_id = current.lease_id if ttl is None else await self._grant(ttl)
         compare = atx.Mod(key) == current.mod_revision
         ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "update subnet")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from netd.adapters.registry import Snapshot, SubnetEvent
 from netd.errors import CompactedError, ConflictError, RegistryUnavailable
-from netd.model import Lease, LeaseAttrs, format_subnet_key, parse_subnet_key
+from netd.model import Lease, LeaseAttrs, format_subnet_key, parse_lease_key, parse_subnet_key
 
 
 @dataclass
@@ -70,7 +70,8 @@ class MemoryRegistry:
 
     def _lease_of(self, key: str) -> Lease:
         entry = self._subnets[key]
-        return Lease(parse_subnet_key(key), LeaseAttrs.from_json(entry.value), entry.lease_id, entry.mod_revision)
+        subnet, ipv6_subnet = parse_lease_key(key)
+        return Lease(subnet, LeaseAttrs.from_json(entry.value), entry.lease_id, entry.mod_revision, ipv6_subnet)
 
     def _put(self, key: str, attrs: LeaseAttrs, lease_id: int) -> Lease:
         rev = self._bump()
@@ -101,9 +102,12 @@ class MemoryRegistry:
         self._tick()
         return self._snapshot()
 
-    async def create_subnet(self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int) -> Lease:
+    async def create_subnet(
+        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int,
+        ipv6_subnet: ipaddress.IPv6Network | None = None,
+    ) -> Lease:
         self._tick()
-        key = format_subnet_key(subnet)
+        key = format_subnet_key(subnet, ipv6_subnet)
         if key in self._subnets:
             raise ConflictError(f"subnet {subnet} is already held", current=self._snapshot())
         return self._put(key, attrs, self._grant(ttl) if ttl > 0 else 0)

@@ -51,8 +51,12 @@ class Registry(Protocol):
     async def list_subnets(self) -> Snapshot: ...
 
     async def create_subnet(
-        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int
-    ) -> Lease: ...
+        self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int,
+        ipv6_subnet: ipaddress.IPv6Network | None = None,
+    ) -> Lease:
+        """Create-if-absent of the key naming ``subnet`` (and ``ipv6_subnet``: flannel's
+        dual-stack key)."""
+        ...
 
     async def update_subnet(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         """CAS on ``current.mod_revision``. ttl=None keeps the key's lease (or reservation);

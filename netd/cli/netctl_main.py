@@ -122,6 +122,7 @@ async def list_leases(reg: EtcdRegistry, args: argparse.Namespace) -> int:
         ttl = await reg.time_to_live(lease.lease_id) if lease.lease_id else None
         rows.append({
             "subnet": str(lease.subnet),
+            "ipv6_subnet": str(lease.ipv6_subnet) if lease.ipv6_subnet else None,
             "public_ip": str(lease.attrs.public_ip),
             "backend": lease.attrs.backend_type,
             "ttl_seconds": ttl,
@@ -131,10 +132,13 @@ async def list_leases(reg: EtcdRegistry, args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{'SUBNET':<20} {'PUBLIC IP':<16} {'BACKEND':<8} TTL")
+        dual = any(r["ipv6_subnet"] for r in rows)  # the column shows only on dual-stack networks
+        v6_head = f"{'IPV6 SUBNET':<24} " if dual else ""
+        print(f"{'SUBNET':<20} {v6_head}{'PUBLIC IP':<16} {'BACKEND':<8} TTL")
         for r in rows:
             ttl_text = "reserved" if r["reservation"] else f"{r['ttl_seconds']}s"
-            print(f"{r['subnet']:<20} {r['public_ip']:<16} {r['backend']:<8} {ttl_text}")
+            v6 = f"{r['ipv6_subnet'] or '-':<24} " if dual else ""
+            print(f"{r['subnet']:<20} {v6}{r['public_ip']:<16} {r['backend']:<8} {ttl_text}")
     for bad in snap.invalid:
         print(f"netctl: unparseable key {bad}", file=sys.stderr)
     return 0

@@ -1,27 +1,47 @@
-"""Subnet leases in flannel's etcd format: key ``subnets/10.5.52.0-24``, JSON value."""
+"""Subnet leases in flannel's etcd format: key ``subnets/10.5.52.0-24`` (a dual-stack host's:
+``subnets/10.5.52.0-24&fd00:0:0:34::-64``), JSON value."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from netd.errors import ConfigError
 
+#: flannel's key grammar (pkg/subnet: subnetRegex): an IPv4 subnet, then, for a dual-stack host,
+#: ``&`` and its IPv6 subnet with the same ``-`` before the prefix length.
+_KEY = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([0-9a-f:]+)-(\d+))?")
 
-def format_subnet_key(subnet: ipaddress.IPv4Network) -> str:
-    """``10.5.52.0/24`` -> ``10.5.52.0-24`` (flannel's key name)."""
-    return f"{subnet.network_address}-{subnet.prefixlen}"
+
+def format_subnet_key(subnet: ipaddress.IPv4Network, ipv6_subnet: ipaddress.IPv6Network | None = None) -> str:
+    """``10.5.52.0/24`` -> ``10.5.52.0-24``; with an IPv6 subnet, flannel's dual-stack name
+    ``10.5.52.0-24&fd00:0:0:34::-64``."""
+    key = f"{subnet.network_address}-{subnet.prefixlen}"
+    if ipv6_subnet is not None:
+        key += f"&{ipv6_subnet.network_address}-{ipv6_subnet.prefixlen}"
+    return key
+
+
+def parse_lease_key(name: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network | None]:
+    """A key name as flannel writes it -> (IPv4 subnet, IPv6 subnet or None); ValueError else."""
+    m = _KEY.fullmatch(name)
+    if not m:
+        raise ValueError(f"not a subnet key: {name!r}")
+    try:
+        v4 = ipaddress.IPv4Network(f"{m[1]}/{m[2]}")
+        v6 = ipaddress.IPv6Network(f"{m[3]}/{m[4]}") if m[3] else None
+    except ValueError as exc:  # host bits set, prefix out of range, a malformed address
+        raise ValueError(f"not a subnet key: {name!r} ({exc})") from exc
+    return v4, v6
 
 
 def parse_subnet_key(name: str) -> ipaddress.IPv4Network:
-    """``10.5.52.0-24`` -> ``10.5.52.0/24``; ValueError for anything else."""
-    addr, sep, plen = name.rpartition("-")
-    if not sep or not plen.isdigit():
-        raise ValueError(f"not a subnet key: {name!r}")
-    return ipaddress.IPv4Network(f"{addr}/{plen}")
+    """``10.5.52.0-24`` (or a dual-stack name) -> ``10.5.52.0/24``; ValueError for anything else."""
+    return parse_lease_key(name)[0]
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,8 @@ class Lease:
     #: etcd lease the key is bound to; 0 means a reservation (no expiry).
     lease_id: int = 0
     mod_revision: int = 0
+    #: A dual-stack host's IPv6 subnet (flannel's ``EnableIPv6``), part of the key's name.
+    ipv6_subnet: ipaddress.IPv6Network | None = None
 
     @property
     def is_reservation(self) -> bool:
@@ -81,4 +103,4 @@ class Lease:
 
     @property
     def key(self) -> str:
-        return format_subnet_key(self.subnet)
+        return format_subnet_key(self.subnet, self.ipv6_subnet)

@@ -166,6 +166,37 @@ def test_watch_replays_from_a_revision_and_reports_deletes(subject):
     run(subject, body)
 
 
+def test_dual_stack_keys_round_trip_under_flannels_name(subject):
+    """A flannel dual-stack host's key (``10.5.7.0-24&fd00:0:0:7::-64``) is listed with both
+    subnets, updated in place (CAS on that key, not a new IPv4-only one) and watched."""
+    v6 = ipaddress.IPv6Network("fd00:0:0:7::/64")
+
+    async def body(reg):
+        start = (await reg.list_subnets()).revision
+        lease = await reg.create_subnet(NET, ATTRS, 60, ipv6_subnet=v6)
+        assert lease.key == "10.5.7.0-24&fd00:0:0:7::-64" and lease.ipv6_subnet == v6
+        with pytest.raises(ConflictError):
+            await reg.create_subnet(NET, OTHER, 60, ipv6_subnet=v6)
+        updated = await reg.update_subnet(lease, OTHER, None)
+        snap = await reg.list_subnets()
+        assert not snap.invalid
+        assert [(x.subnet, x.ipv6_subnet, x.attrs) for x in snap.leases] == [(NET, v6, OTHER)]
+        assert updated.key == lease.key
+
+        async def first_two():
+            seen = []
+            async for events in reg.watch_subnets(start + 1):
+                seen.extend(events)
+                if len(seen) >= 2:
+                    return seen
+            return seen
+
+        seen = await asyncio.wait_for(first_two(), 10)
+        assert [(e.subnet, e.lease.ipv6_subnet if e.lease else None) for e in seen] == [(NET, v6), (NET, v6)]
+
+    run(subject, body)
+
+
 def test_watch_from_a_compacted_revision_raises_compacted(subject):
     async def body(reg):
         start = (await reg.list_subnets()).revision

@@ -7,7 +7,7 @@ import pytest
 
 from netd.core.allocate import RANDOM_WINDOW, ChoiceKind, choose_subnet, free_subnets, iter_subnets
 from netd.errors import NoFreeSubnetError
-from netd.model import Lease, LeaseAttrs, format_subnet_key, parse_network_config, parse_subnet_key
+from netd.model import Lease, LeaseAttrs, format_subnet_key, parse_lease_key, parse_network_config, parse_subnet_key
 
 CFG = parse_network_config('{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}')
 ME = ipaddress.IPv4Address("192.0.2.1")
@@ -77,3 +77,35 @@ def test_subnet_keys_are_flannels():
     assert parse_subnet_key("10.5.52.0-24") == net("10.5.52.0/24")
     with pytest.raises(ValueError):
         parse_subnet_key("10.5.52.0")
+
+
+V6 = ipaddress.IPv6Network
+
+
+@pytest.mark.parametrize("name, v4, v6", [
+    ("10.5.52.0-24", "10.5.52.0/24", None),
+    ("10.5.52.0-24&fd00:0:0:34::-64", "10.5.52.0/24", "fd00:0:0:34::/64"),  # flannel's dual stack
+    ("10.5.52.0-24&fd00::-48", "10.5.52.0/24", "fd00::/48"),
+])
+def test_dual_stack_keys_are_flannels(name, v4, v6):
+    ipv6 = V6(v6) if v6 else None
+    assert parse_lease_key(name) == (net(v4), ipv6)
+    assert parse_subnet_key(name) == net(v4)  # watch events carry the IPv4 subnet
+    assert format_subnet_key(net(v4), ipv6) == name
+    assert Lease(net(v4), LeaseAttrs(OTHER), ipv6_subnet=ipv6).key == name
+
+
+@pytest.mark.parametrize("name", [
+    "10.5.52.0-24&", "10.5.52.0-24&fd00::", "10.5.52.0-24&fd00::-129", "10.5.52.0-24&fd00::1-64",
+    "10.5.52.1-24", "10.5.52.0-24&fd00::-64x", "x10.5.52.0-24", "10.5.52.0-33",
+])
+def test_malformed_keys_are_refused(name):
+    with pytest.raises(ValueError, match="not a subnet key"):
+        parse_lease_key(name)
+
+
+def test_a_dual_stack_hosts_ipv4_subnet_is_taken():
+    """flannel's dual-stack hosts name their keys ``<v4>&<v6>``: their IPv4 subnet is held."""
+    dual = Lease(net("10.5.1.0/24"), LeaseAttrs(OTHER), 7, 1, V6("fd00:0:0:1::/64"))
+    assert net("10.5.1.0/24") not in free_subnets(CFG, [dual], 3)
+    assert choose_subnet(CFG, [dual], ME, net("10.5.1.0/24"), random.Random(0)).subnet != net("10.5.1.0/24")
