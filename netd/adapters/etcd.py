@@ -286,8 +286,10 @@ class EtcdRegistry:
             )
         return self._lease_from_kv(responses[1][0][1])
 
-    async def delete_subnet(self, subnet: ipaddress.IPv4Network) -> bool:
-        got = await self._call("delete subnet", lambda c: c.delete(self._key(subnet)))
+    async def delete_subnet(
+        self, subnet: ipaddress.IPv4Network, ipv6_subnet: ipaddress.IPv6Network | None = None
+    ) -> bool:
+        got = await self._call("delete subnet", lambda c: c.delete(self._key(subnet, ipv6_subnet)))
         return bool(got and got.deleted)
 
     async def keepalive(self, lease_id: int) -> int:

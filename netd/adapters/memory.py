@@ -125,9 +125,11 @@ class MemoryRegistry:
         lease_id = entry.lease_id if ttl is None else self._grant(ttl)
         return self._put(key, attrs, lease_id)
 
-    async def delete_subnet(self, subnet: ipaddress.IPv4Network) -> bool:
+    async def delete_subnet(
+        self, subnet: ipaddress.IPv4Network, ipv6_subnet: ipaddress.IPv6Network | None = None
+    ) -> bool:
         self._tick()
-        key = format_subnet_key(subnet)
+        key = format_subnet_key(subnet, ipv6_subnet)
         if key not in self._subnets:
             return False
         self._delete(key)

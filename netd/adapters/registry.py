@@ -63,7 +63,9 @@ class Registry(Protocol):
         otherwise the key is bound to a newly granted lease of that TTL."""
         ...
 
-    async def delete_subnet(self, subnet: ipaddress.IPv4Network) -> bool: ...
+    async def delete_subnet(
+        self, subnet: ipaddress.IPv4Network, ipv6_subnet: ipaddress.IPv6Network | None = None
+    ) -> bool: ...
 
     async def keepalive(self, lease_id: int) -> int:
         """Refresh an etcd lease; returns the TTL now left, 0 if the lease no longer exists."""

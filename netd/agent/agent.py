@@ -30,7 +30,7 @@ from netd.adapters.registry import Registry, Snapshot
 from netd.agent.leases import SubnetLeaser
 from netd.agent.metrics import AgentMetrics
 from netd.core.dataplane import desired_state, peer_leases, plan_dataplane
-from netd.core.subnetenv import previous_subnet, render_subnet_env
+from netd.core.subnetenv import previous_ipv6_subnet, previous_subnet, render_subnet_env
 from netd.errors import CompactedError, ConfigError, NetdError, RegistryUnavailable
 from netd.model import Lease, LeaseAttrs, NetworkConfig, parse_network_config
 
@@ -219,9 +219,11 @@ class Agent:
         leases = [lease for lease in snap.leases if lease.subnet != own.subnet] + [own]
 
         mtu = self.backend.mtu()
-        env = render_subnet_env(cfg.network, own.subnet, mtu, self.opts.ip_masq)
+        ipv6 = (cfg.ipv6.network, own.ipv6_subnet) if cfg.ipv6 and own.ipv6_subnet else None
+        env = render_subnet_env(cfg.network, own.subnet, mtu, self.opts.ip_masq, ipv6)
         if write_atomic(self.opts.subnet_file, env):
-            log.info("wrote %s (subnet %s, MTU %d)", self.opts.subnet_file, own.subnet, mtu)
+            log.info("wrote %s (subnet %s%s, MTU %d)", self.opts.subnet_file, own.subnet,
+                     f" and {own.ipv6_subnet}" if ipv6 else "", mtu)
 
         backend = self.backend
         await self._on_dataplane(backend.configure_own, own)
@@ -269,6 +271,7 @@ class Agent:
     async def _ensure_lease(self, cfg: NetworkConfig, snap: Snapshot) -> Lease:
         attrs = self._wanted_attrs()
         previous: ipaddress.IPv4Network | None
+        previous_ipv6: ipaddress.IPv6Network | None
         if self.lease is not None:
             current = snap.find(self.lease.subnet)
             if current is not None and current.attrs.public_ip == self.opts.public_ip:
@@ -281,10 +284,11 @@ class Agent:
             self.metrics.lease_held.set(0)
             if self.lease.lease_id and current is None:
                 asyncio.get_running_loop().create_task(self._revoke_quietly(self.lease.lease_id))
-            previous = self.lease.subnet
+            previous, previous_ipv6 = self.lease.subnet, self.lease.ipv6_subnet
         else:
-            previous = previous_subnet(read_text(self.opts.subnet_file))
-        lease = await self.leaser.acquire(cfg, snap, attrs, previous)
+            text = read_text(self.opts.subnet_file)
+            previous, previous_ipv6 = previous_subnet(text), previous_ipv6_subnet(text)
+        lease = await self.leaser.acquire(cfg, snap, attrs, previous, previous_ipv6)
         if self.lease is not None and lease.subnet != self.lease.subnet:
             log.warning("subnet changed from %s to %s: containers on the old subnet lose connectivity",
                         self.lease.subnet, lease.subnet)

@@ -15,7 +15,7 @@ import random
 
 from netd.adapters.registry import Registry, Snapshot
 from netd.agent.metrics import AgentMetrics
-from netd.core.allocate import ChoiceKind, choose_subnet
+from netd.core.allocate import ChoiceKind, SubnetChoice, choose_subnet
 from netd.errors import ConflictError, NetdError
 from netd.model import Lease, LeaseAttrs, NetworkConfig
 
@@ -40,16 +40,17 @@ class SubnetLeaser:
         self.metrics = metrics
 
     async def acquire(
-        self, cfg: NetworkConfig, snap: Snapshot, attrs: LeaseAttrs, previous: ipaddress.IPv4Network | None
+        self, cfg: NetworkConfig, snap: Snapshot, attrs: LeaseAttrs, previous: ipaddress.IPv4Network | None,
+        previous_ipv6: ipaddress.IPv6Network | None = None,
     ) -> Lease:
         """Take a subnet; a lost race retries (bounded) with the fresh list the conflict carried.
 
         Raises NoFreeSubnetError when the range is full, NetdError after too many lost races.
         """
         for attempt in range(MAX_ACQUIRE_ATTEMPTS):
-            choice = choose_subnet(cfg, snap.leases, self.public_ip, previous, self.rng)
+            choice = choose_subnet(cfg, snap.leases, self.public_ip, previous, self.rng, previous_ipv6)
             try:
-                lease = await self._take(choice.kind, choice.subnet, choice.existing, attrs)
+                lease = await self._take(choice, attrs)
             except ConflictError as exc:
                 if self.metrics:
                     self.metrics.conflicts.inc()
@@ -59,7 +60,8 @@ class SubnetLeaser:
                 continue
             if self.metrics:
                 self.metrics.acquisitions.labels(choice.kind.value).inc()
-            log.info("acquired subnet %s (%s) for %s, %s", lease.subnet, choice.kind.value, self.public_ip,
+            log.info("acquired subnet %s%s (%s) for %s, %s", lease.subnet,
+                     f" and {lease.ipv6_subnet}" if lease.ipv6_subnet else "", choice.kind.value, self.public_ip,
                      "reservation" if lease.is_reservation else f"lease {lease.lease_id:x}")
             return lease
         raise NetdError(f"could not acquire a subnet: lost {MAX_ACQUIRE_ATTEMPTS} races in a row")
@@ -68,9 +70,15 @@ class SubnetLeaser:
         log.info("updating lease %s attributes to %s", current.subnet, attrs.to_json().decode())
         return await self.registry.update_subnet(current, attrs, ttl)
 
-    async def _take(
-        self, kind: ChoiceKind, subnet: ipaddress.IPv4Network, existing: Lease | None, attrs: LeaseAttrs
-    ) -> Lease:
+    async def _take(self, choice: SubnetChoice, attrs: LeaseAttrs) -> Lease:
+        kind, existing = choice.kind, choice.existing
+        if existing is not None and kind is ChoiceKind.UPGRADE:
+            # Our lease from before EnableIPv6: the same IPv4 subnet under a dual-stack key, then
+            # the old key goes (peers briefly see both keys, both ours: harmless).
+            lease = await self.registry.create_subnet(choice.subnet, attrs, self.ttl, ipv6_subnet=choice.ipv6_subnet)
+            await self.registry.delete_subnet(existing.subnet, ipv6_subnet=existing.ipv6_subnet)
+            log.info("renamed lease %s to %s (EnableIPv6)", existing.key, lease.key)
+            return lease
         if existing is not None and kind is ChoiceKind.RESERVATION:
             return existing if existing.attrs == attrs else await self.update(existing, attrs, None)
         if existing is not None and kind is ChoiceKind.REUSE:
@@ -79,4 +87,4 @@ class SubnetLeaser:
             if await self.registry.keepalive(existing.lease_id) > 0:
                 return existing if existing.attrs == attrs else await self.update(existing, attrs, None)
             return await self.update(existing, attrs, self.ttl)
-        return await self.registry.create_subnet(subnet, attrs, self.ttl)
+        return await self.registry.create_subnet(choice.subnet, attrs, self.ttl, ipv6_subnet=choice.ipv6_subnet)

@@ -1,4 +1,5 @@
-"""flannel's subnet.env: FLANNEL_NETWORK, FLANNEL_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ."""
+"""flannel's subnet.env: FLANNEL_NETWORK, FLANNEL_SUBNET, (dual stack: FLANNEL_IPV6_NETWORK,
+FLANNEL_IPV6_SUBNET,) FLANNEL_MTU, FLANNEL_IPMASQ."""
 
 from __future__ import annotations
 
@@ -6,13 +7,18 @@ import ipaddress
 
 
 def render_subnet_env(
-    network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int, ip_masq: bool
+    network: ipaddress.IPv4Network, subnet: ipaddress.IPv4Network, mtu: int, ip_masq: bool,
+    ipv6: tuple[ipaddress.IPv6Network, ipaddress.IPv6Network] | None = None,
 ) -> str:
+    """ipv6: (IPv6Network, our IPv6 subnet) on a dual-stack network."""
     # flannel writes the subnet's first host address with the subnet's prefix length.
     first = subnet.network_address + 1
+    v6 = f"FLANNEL_IPV6_NETWORK={ipv6[0]}\nFLANNEL_IPV6_SUBNET={ipv6[1].network_address + 1}/{ipv6[1].prefixlen}\n" \
+        if ipv6 else ""
     return (
         f"FLANNEL_NETWORK={network}\n"
         f"FLANNEL_SUBNET={first}/{subnet.prefixlen}\n"
+        f"{v6}"
         f"FLANNEL_MTU={mtu}\n"
         f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n"
     )
@@ -32,9 +38,16 @@ def parse_subnet_env(text: str) -> dict[str, str]:
 def previous_subnet(text: str) -> ipaddress.IPv4Network | None:
     """The subnet a previous run wrote in subnet.env, or None if absent or unreadable."""
     value = parse_subnet_env(text).get("FLANNEL_SUBNET")
-    if not value:
-        return None
     try:
-        return ipaddress.IPv4Interface(value).network
+        return ipaddress.IPv4Interface(value).network if value else None
+    except ValueError:
+        return None
+
+
+def previous_ipv6_subnet(text: str) -> ipaddress.IPv6Network | None:
+    """The IPv6 subnet a previous dual-stack run wrote in subnet.env, or None."""
+    value = parse_subnet_env(text).get("FLANNEL_IPV6_SUBNET")
+    try:
+        return ipaddress.IPv6Interface(value).network if value else None
     except ValueError:
         return None

@@ -9,7 +9,13 @@ accepts and vice versa:
   * SubnetMin defaults to the second subnet (the first is skipped: its network address would
     clash with the Network's), SubnetMax to the last; both must lie in the Network and sit on
     a SubnetLen boundary, and SubnetMin <= SubnetMax;
-  * Backend.Type defaults to "udp" as in flannel; netd knows vxlan, host-gw and udp.
+  * Backend.Type defaults to "udp" as in flannel; netd knows vxlan, host-gw and udp;
+  * dual stack: EnableIPv6 with IPv6Network, IPv6SubnetLen (64 if the IPv6Network is /62 or
+    larger, else prefix + 2; /124 is the smallest network, /126 the longest SubnetLen),
+    IPv6SubnetMin/Max, by the same rules as their IPv4 counterparts.
+netd's own limits, refused with the field named: EnableIPv4 cannot be false (netd's leases
+and backends are IPv4 first), and EnableIPv6 needs the udp backend (the fast path carries
+IPv6 inner packets; netd's vxlan and host-gw do not).
 """
 
 from __future__ import annotations
@@ -40,12 +46,27 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class Ipv6Range:
+    """The IPv6 half of a dual-stack config (EnableIPv6)."""
+
+    network: ipaddress.IPv6Network
+    subnet_len: int
+    subnet_min: ipaddress.IPv6Address
+    subnet_max: ipaddress.IPv6Address
+
+    def to_json(self) -> dict[str, Any]:
+        return {"EnableIPv6": True, "IPv6Network": str(self.network), "IPv6SubnetLen": self.subnet_len,
+                "IPv6SubnetMin": str(self.subnet_min), "IPv6SubnetMax": str(self.subnet_max)}
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
     network: ipaddress.IPv4Network
     subnet_len: int
     subnet_min: ipaddress.IPv4Address
     subnet_max: ipaddress.IPv4Address
     backend: BackendConfig
+    ipv6: Ipv6Range | None = None
 
     @property
     def subnet_count(self) -> int:
@@ -65,6 +86,7 @@ class NetworkConfig:
             "SubnetLen": self.subnet_len,
             "SubnetMin": str(self.subnet_min),
             "SubnetMax": str(self.subnet_max),
+            **(self.ipv6.to_json() if self.ipv6 else {}),
             "Backend": backend,
         }
 
@@ -76,14 +98,90 @@ def _int_field(obj: Mapping[str, Any], name: str, path: str, default: int) -> in
     return value
 
 
-def _ip_field(obj: Mapping[str, Any], name: str) -> ipaddress.IPv4Address | None:
+def _ip_field(obj: Mapping[str, Any], name: str, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     value = obj.get(name)
-    if value in (None, "", "0.0.0.0"):
+    if value in (None, "", "0.0.0.0", "::"):
         return None
     try:
-        return ipaddress.IPv4Address(value)
-    except (ipaddress.AddressValueError, ValueError) as exc:
-        raise ConfigError(f"expected an IPv4 address, found {value!r}", name) from exc
+        addr = ipaddress.ip_address(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"expected an IPv{version} address, found {value!r}", name) from exc
+    if addr.version != version:
+        raise ConfigError(f"expected an IPv{version} address, found {value!r}", name)
+    return addr
+
+
+@dataclass(frozen=True)
+class _Family:
+    """flannel's rules for one address family, and the names of its fields."""
+
+    version: int
+    bits: int
+    default_len: int  # each host's subnet when the network is large enough
+    network: str
+    subnet_len: str
+    subnet_min: str
+    subnet_max: str
+    example: str
+
+
+_V4 = _Family(4, 32, 24, "Network", "SubnetLen", "SubnetMin", "SubnetMax", "10.5.0.0/16")
+_V6 = _Family(6, 128, 64, "IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax", "fd00:5::/48")
+
+
+def _parse_range(obj: Mapping[str, Any], f: _Family) -> tuple[Any, int, Any, Any]:
+    """(network, subnet_len, subnet_min, subnet_max) of one family, flannel's defaults filled in."""
+    raw_net = obj.get(f.network)
+    if not raw_net:
+        raise ConfigError(f"missing (an IPv{f.version} CIDR such as {f.example} is required)", f.network)
+    try:
+        network = ipaddress.ip_network(raw_net, strict=False)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"expected an IPv{f.version} CIDR, found {raw_net!r}", f.network) from exc
+    if network.version != f.version:
+        raise ConfigError(f"expected an IPv{f.version} CIDR, found {raw_net!r}", f.network)
+
+    subnet_len = _int_field(obj, f.subnet_len, f.subnet_len, 0)
+    if subnet_len:
+        if subnet_len < network.prefixlen + 2:
+            raise ConfigError(
+                f"{subnet_len} leaves fewer than four subnets in {network} "
+                f"(expected at least /{network.prefixlen + 2})",
+                f.subnet_len,
+            )
+        if subnet_len > f.bits - 2:
+            raise ConfigError(f"expected at most {f.bits - 2}, found {subnet_len}", f.subnet_len)
+    elif network.prefixlen > f.bits - 4:
+        raise ConfigError(f"{network} is too small; the minimum useful network is a /{f.bits - 4}", f.network)
+    elif network.prefixlen <= f.default_len - 2:
+        subnet_len = f.default_len
+    else:
+        subnet_len = network.prefixlen + 2
+
+    size = 1 << (f.bits - subnet_len)
+    subnet_min = _ip_field(obj, f.subnet_min, f.version)
+    if subnet_min is None:
+        subnet_min = network.network_address + size
+    elif subnet_min not in network:
+        raise ConfigError(f"{subnet_min} is not in the {f.network} {network}", f.subnet_min)
+    subnet_max = _ip_field(obj, f.subnet_max, f.version)
+    if subnet_max is None:
+        subnet_max = network.broadcast_address + 1 - size
+    elif subnet_max not in network:
+        raise ConfigError(f"{subnet_max} is not in the {f.network} {network}", f.subnet_max)
+    for name, value in ((f.subnet_min, subnet_min), (f.subnet_max, subnet_max)):
+        if int(value) % size:
+            raise ConfigError(f"{value} is not on a /{subnet_len} boundary", name)
+    if int(subnet_min) > int(subnet_max):
+        raise ConfigError(f"{f.subnet_min} {subnet_min} is above {f.subnet_max} {subnet_max}", f.subnet_min)
+    return network, subnet_len, subnet_min, subnet_max
+
+
+def _bool_field(obj: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = obj.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected true or false, found {value!r}", name)
+    return value
 
 
 def _parse_backend(raw: Any) -> BackendConfig:
@@ -109,55 +207,24 @@ def network_config_from_json(obj: Any) -> NetworkConfig:
     """Validate a decoded flannel config object; ConfigError names the field at fault."""
     if not isinstance(obj, Mapping):
         raise ConfigError(f"expected a JSON object, found {type(obj).__name__}")
-    raw_net = obj.get("Network")
-    if not raw_net:
-        raise ConfigError("missing (an IPv4 CIDR such as 10.5.0.0/16 is required)", "Network")
-    try:
-        network = ipaddress.IPv4Network(raw_net, strict=False)
-    except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError, TypeError) as exc:
-        raise ConfigError(f"expected an IPv4 CIDR, found {raw_net!r}", "Network") from exc
-
-    subnet_len = _int_field(obj, "SubnetLen", "SubnetLen", 0)
-    if subnet_len:
-        if subnet_len < network.prefixlen + 2:
-            raise ConfigError(
-                f"{subnet_len} leaves fewer than four subnets in {network} "
-                f"(expected at least /{network.prefixlen + 2})",
-                "SubnetLen",
-            )
-        if subnet_len > 30:
-            raise ConfigError(f"expected at most 30, found {subnet_len}", "SubnetLen")
-    elif network.prefixlen > 28:
-        raise ConfigError(f"{network} is too small; the minimum useful network is a /28", "Network")
-    elif network.prefixlen <= 22:
-        subnet_len = 24
-    else:
-        subnet_len = network.prefixlen + 2
-
-    size = 1 << (32 - subnet_len)
-    mask = (0xFFFFFFFF << (32 - subnet_len)) & 0xFFFFFFFF
-    subnet_min = _ip_field(obj, "SubnetMin")
-    if subnet_min is None:
-        subnet_min = network.network_address + size
-    elif subnet_min not in network:
-        raise ConfigError(f"{subnet_min} is not in the Network {network}", "SubnetMin")
-    subnet_max = _ip_field(obj, "SubnetMax")
-    if subnet_max is None:
-        subnet_max = ipaddress.IPv4Address(int(network.broadcast_address) + 1 - size)
-    elif subnet_max not in network:
-        raise ConfigError(f"{subnet_max} is not in the Network {network}", "SubnetMax")
-    for name, value in (("SubnetMin", subnet_min), ("SubnetMax", subnet_max)):
-        if int(value) & mask != int(value):
-            raise ConfigError(f"{value} is not on a /{subnet_len} boundary", name)
-    if subnet_min > subnet_max:
-        raise ConfigError(f"SubnetMin {subnet_min} is above SubnetMax {subnet_max}", "SubnetMin")
-
+    if not _bool_field(obj, "EnableIPv4", True):
+        raise ConfigError("false is not supported: netd's leases and backends are IPv4 first "
+                          "(IPv6 comes with EnableIPv6, alongside)", "EnableIPv4")
+    network, subnet_len, subnet_min, subnet_max = _parse_range(obj, _V4)
+    backend = _parse_backend(obj.get("Backend"))
+    ipv6 = None
+    if _bool_field(obj, "EnableIPv6", False):
+        ipv6 = Ipv6Range(*_parse_range(obj, _V6))
+        if backend.type != "udp":
+            raise ConfigError(f"needs Backend.Type udp: netd's {backend.type} backend carries IPv4 only",
+                              "EnableIPv6")
     return NetworkConfig(
         network=network,
         subnet_len=subnet_len,
         subnet_min=subnet_min,
         subnet_max=subnet_max,
-        backend=_parse_backend(obj.get("Backend")),
+        backend=backend,
+        ipv6=ipv6,
     )
 
 

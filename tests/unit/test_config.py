@@ -1,6 +1,7 @@
 """flannel's config rules, table-driven."""
 
 import ipaddress
+import json
 
 import pytest
 
@@ -60,9 +61,57 @@ def test_invalid_configs_name_the_field(raw, message):
 
 def test_to_json_round_trips():
     cfg = parse_network_config('{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}')
-    import json
-
     again = parse_network_config(json.dumps(cfg.to_json()))
     assert again == cfg
     assert cfg.subnet_count == 255
     assert cfg.network == ipaddress.IPv4Network("10.5.0.0/16")
+
+
+v6_ok = [
+    # IPv6 fields, (IPv6SubnetLen, IPv6SubnetMin, IPv6SubnetMax): flannel's defaults
+    ('"IPv6Network":"fd00:5::/48"', (64, "fd00:5:0:1::", "fd00:5:0:ffff::")),
+    ('"IPv6Network":"fd00:5::/63"', (65, "fd00:5:0:0:8000::", "fd00:5:0:1:8000::")),
+    ('"IPv6Network":"fd00:5::/124"', (126, "fd00:5::4", "fd00:5::c")),
+    ('"IPv6Network":"fd00:5::/48","IPv6SubnetLen":56', (56, "fd00:5:0:100::", "fd00:5:0:ff00::")),
+    ('"IPv6Network":"fd00:5::/48","IPv6SubnetMin":"fd00:5:0:10::","IPv6SubnetMax":"fd00:5:0:20::"',
+     (64, "fd00:5:0:10::", "fd00:5:0:20::")),
+]
+
+
+@pytest.mark.parametrize("fields,expected", v6_ok)
+def test_dual_stack_configs_get_flannels_ipv6_defaults(fields, expected):
+    cfg = parse_network_config('{"Network":"10.5.0.0/16","EnableIPv6":true,' + fields + "}")
+    assert cfg.ipv6 is not None
+    assert (cfg.ipv6.subnet_len, str(cfg.ipv6.subnet_min), str(cfg.ipv6.subnet_max)) == expected
+    assert cfg.subnet_len == 24  # the IPv4 half is unchanged
+    assert parse_network_config(json.dumps(cfg.to_json())) == cfg
+
+
+def test_ipv6_fields_without_enable_ipv6_are_ignored_as_flannel_does():
+    assert parse_network_config('{"Network":"10.5.0.0/16","IPv6Network":"fd00:5::/48"}').ipv6 is None
+
+
+v6_bad = [
+    ('"EnableIPv6":true', "IPv6Network: missing"),
+    ('"EnableIPv6":"yes","IPv6Network":"fd00:5::/48"', "EnableIPv6: expected true or false"),
+    ('"EnableIPv6":true,"IPv6Network":"10.6.0.0/16"', "IPv6Network: expected an IPv6 CIDR"),
+    ('"EnableIPv6":true,"IPv6Network":"fd00:5::/125"', "IPv6Network: fd00:5::/125 is too small"),
+    ('"EnableIPv6":true,"IPv6Network":"fd00:5::/48","IPv6SubnetLen":49', "IPv6SubnetLen: 49 leaves fewer"),
+    ('"EnableIPv6":true,"IPv6Network":"fd00:5::/48","IPv6SubnetLen":127', "IPv6SubnetLen: expected at most 126"),
+    ('"EnableIPv6":true,"IPv6Network":"fd00:5::/48","IPv6SubnetMin":"fd00:6::"',
+     "IPv6SubnetMin: fd00:6:: is not in the IPv6Network"),
+    ('"EnableIPv6":true,"IPv6Network":"fd00:5::/48","IPv6SubnetMax":"fd00:5::1"',
+     "IPv6SubnetMax: fd00:5::1 is not on a /64 boundary"),
+    ('"EnableIPv6":true,"IPv6Network":"fd00:5::/48","IPv6SubnetMin":"10.5.1.0"',
+     "IPv6SubnetMin: expected an IPv6 address"),
+    ('"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48"', "EnableIPv4: false is not supported"),
+    ('"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}',
+     "EnableIPv6: needs Backend.Type udp"),
+]
+
+
+@pytest.mark.parametrize("fields,message", v6_bad)
+def test_invalid_dual_stack_configs_name_the_field(fields, message):
+    with pytest.raises(ConfigError) as err:
+        parse_network_config('{"Network":"10.5.0.0/16",' + fields + "}", source="cfg")
+    assert message in str(err.value)

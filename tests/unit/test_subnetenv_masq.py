@@ -1,7 +1,7 @@
 import ipaddress
 
 from netd.core.masq import render_masq_ruleset, ruleset_digest
-from netd.core.subnetenv import parse_subnet_env, previous_subnet, render_subnet_env
+from netd.core.subnetenv import parse_subnet_env, previous_ipv6_subnet, previous_subnet, render_subnet_env
 
 NET = ipaddress.IPv4Network("10.5.0.0/16")
 SUB = ipaddress.IPv4Network("10.5.52.0/24")
@@ -15,9 +15,20 @@ def test_subnet_env_is_flannels_format():
     assert previous_subnet(text) == SUB
 
 
+def test_dual_stack_subnet_env_is_flannels_format():
+    v6net, v6sub = ipaddress.IPv6Network("fd00:5::/48"), ipaddress.IPv6Network("fd00:5:0:34::/64")
+    text = render_subnet_env(NET, SUB, 1472, False, (v6net, v6sub))
+    assert text == ("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\n"
+                    "FLANNEL_IPV6_NETWORK=fd00:5::/48\nFLANNEL_IPV6_SUBNET=fd00:5:0:34::1/64\n"
+                    "FLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n")
+    assert (previous_subnet(text), previous_ipv6_subnet(text)) == (SUB, v6sub)
+    assert previous_ipv6_subnet(render_subnet_env(NET, SUB, 1450, True)) is None
+
+
 def test_previous_subnet_of_garbage_is_none():
     assert previous_subnet("") is None
     assert previous_subnet("FLANNEL_SUBNET=nonsense\n") is None
+    assert previous_ipv6_subnet("FLANNEL_IPV6_SUBNET=10.5.1.1/24\n") is None
 
 
 def test_masq_rules_have_flannels_meaning_and_a_stable_digest():
