@@ -236,15 +236,29 @@ static int complete_csum(uint8_t *pkt, size_t len, uint16_t start, uint16_t off)
     if ((size_t)start + off + 2 > len)
         return -1;
     uint16_t c = (uint16_t)~csum_fold(csum_add(pkt + start, len - start, 0));
-    if (pkt[9] == IPPROTO_UDP && (pkt[0] >> 4) == 4 && c == 0)
+    /* a UDP checksum that sums to 0 is sent as 0xffff (0 means "none", which IPv6 forbids); the
+     * checksum field sits at offset 6 of a UDP header, 16 of a TCP one */
+    int udp = (pkt[0] >> 4) == 4 ? pkt[9] == IPPROTO_UDP : off == 6;
+    if (udp && c == 0)
         c = 0xffff;
     memcpy(pkt + start + off, &c, 2);
     return 0;
 }
 
 /* ---------------------------------------------------------------- route table ---- */
+/* One open-addressing hash set of (prefix, length) per family; a lookup probes once per distinct
+ * prefix length, longest first (usually one length: every lease has the same SubnetLen). IPv6
+ * prefixes are two 64-bit words in host order. */
 struct slot {
     uint32_t net;
+    uint32_t peer_ip;
+    uint16_t peer_port;
+    uint8_t plen;
+    uint8_t used;
+};
+
+struct slot6 {
+    uint64_t hi, lo;
     uint32_t peer_ip;
     uint16_t peer_port;
     uint8_t plen;
@@ -256,6 +270,10 @@ struct fp_table {
     int nlens;
     uint8_t lens[33]; /* distinct prefix lengths, longest first */
     struct slot *slots;
+    uint32_t mask6;
+    int nlens6;
+    uint8_t lens6[129];
+    struct slot6 *slots6;
 };
 
 static inline uint32_t prefix_mask(int plen) { return plen == 0 ? 0 : 0xffffffffu << (32 - plen); }
@@ -265,34 +283,82 @@ static inline uint32_t slot_hash(uint32_t net, uint8_t plen) {
     return h ^ (h >> 15);
 }
 
+static inline uint64_t load_be64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return __builtin_bswap64(v);
+}
+
+static inline void store_be64(uint8_t *p, uint64_t v) {
+    v = __builtin_bswap64(v);
+    memcpy(p, &v, 8);
+}
+
+/* addr (16 bytes, network order) masked to plen bits, as two words */
+static inline void prefix6(const uint8_t *addr, int plen, uint64_t *hi, uint64_t *lo) {
+    uint64_t h = load_be64(addr), l = load_be64(addr + 8);
+    *hi = plen >= 64 ? h : plen == 0 ? 0 : h & (~0ull << (64 - plen));
+    *lo = plen <= 64 ? 0 : plen == 128 ? l : l & (~0ull << (128 - plen));
+}
+
+static inline uint32_t slot_hash6(uint64_t hi, uint64_t lo, uint8_t plen) {
+    uint64_t h = hi * 0x9e3779b97f4a7c15ull ^ lo * 0xc2b2ae3d27d4eb4full ^ (uint64_t)plen * 0x165667b19e3779f9ull;
+    h ^= h >> 29;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static uint32_t table_size(int n) {
+    uint32_t size = 8;
+    while (size < (uint32_t)n * 2 + 2)
+        size <<= 1;
+    return size;
+}
+
 struct fp_table *fp_table_build(const fp_route *routes, int n) {
     if (n < 0)
         return NULL;
     struct fp_table *t = calloc(1, sizeof(*t));
     if (!t)
         return NULL;
-    uint32_t size = 8;
-    while (size < (uint32_t)n * 2 + 2)
-        size <<= 1;
-    t->slots = calloc(size, sizeof(struct slot));
-    if (!t->slots) {
-        free(t);
+    int n6 = 0;
+    for (int i = 0; i < n; i++)
+        n6 += routes[i].family == 6;
+    t->mask = table_size(n - n6) - 1;
+    t->mask6 = table_size(n6) - 1;
+    t->slots = calloc(t->mask + 1, sizeof(struct slot));
+    t->slots6 = calloc(t->mask6 + 1, sizeof(struct slot6));
+    if (!t->slots || !t->slots6) {
+        fp_table_free(t);
         return NULL;
     }
-    t->mask = size - 1;
-    int seen[33] = {0};
+    int seen[33] = {0}, seen6[129] = {0};
     for (int i = 0; i < n; i++) {
-        uint8_t plen = routes[i].plen > 32 ? 32 : routes[i].plen;
-        uint32_t net = routes[i].net & prefix_mask(plen);
+        const fp_route *r = &routes[i];
+        if (r->family == 6) {
+            uint8_t plen = r->plen > 128 ? 128 : r->plen;
+            uint64_t hi, lo;
+            prefix6(r->net6, plen, &hi, &lo);
+            uint32_t h = slot_hash6(hi, lo, plen) & t->mask6;
+            while (t->slots6[h].used && !(t->slots6[h].hi == hi && t->slots6[h].lo == lo && t->slots6[h].plen == plen))
+                h = (h + 1) & t->mask6;
+            t->slots6[h] = (struct slot6){hi, lo, r->peer_ip, r->peer_port, plen, 1};
+            seen6[plen] = 1;
+            continue;
+        }
+        uint8_t plen = r->plen > 32 ? 32 : r->plen;
+        uint32_t net = r->net & prefix_mask(plen);
         uint32_t h = slot_hash(net, plen) & t->mask;
         while (t->slots[h].used && !(t->slots[h].net == net && t->slots[h].plen == plen))
             h = (h + 1) & t->mask;
-        t->slots[h] = (struct slot){net, routes[i].peer_ip, routes[i].peer_port, plen, 1};
+        t->slots[h] = (struct slot){net, r->peer_ip, r->peer_port, plen, 1};
         seen[plen] = 1;
     }
     for (int l = 32; l >= 0; l--)
         if (seen[l])
             t->lens[t->nlens++] = (uint8_t)l;
+    for (int l = 128; l >= 0; l--)
+        if (seen6[l])
+            t->lens6[t->nlens6++] = (uint8_t)l;
     return t;
 }
 
@@ -307,7 +373,8 @@ int fp_table_lookup(const struct fp_table *t, uint32_t addr, fp_route *out) {
         while (t->slots[h].used) {
             if (t->slots[h].net == net && t->slots[h].plen == plen) {
                 if (out)
-                    *out = (fp_route){net, plen, t->slots[h].peer_ip, t->slots[h].peer_port};
+                    *out = (fp_route){.net = net, .plen = plen, .peer_ip = t->slots[h].peer_ip,
+                                      .peer_port = t->slots[h].peer_port, .family = 4};
                 return 1;
             }
             h = (h + 1) & t->mask;
@@ -316,9 +383,34 @@ int fp_table_lookup(const struct fp_table *t, uint32_t addr, fp_route *out) {
     return 0;
 }
 
+int fp_table_lookup6(const struct fp_table *t, const uint8_t *addr, fp_route *out) {
+    if (!t)
+        return 0;
+    for (int i = 0; i < t->nlens6; i++) {
+        uint8_t plen = t->lens6[i];
+        uint64_t hi, lo;
+        prefix6(addr, plen, &hi, &lo);
+        uint32_t h = slot_hash6(hi, lo, plen) & t->mask6;
+        while (t->slots6[h].used) {
+            const struct slot6 *sl = &t->slots6[h];
+            if (sl->hi == hi && sl->lo == lo && sl->plen == plen) {
+                if (out) {
+                    *out = (fp_route){.plen = plen, .peer_ip = sl->peer_ip, .peer_port = sl->peer_port, .family = 6};
+                    store_be64(out->net6, hi);
+                    store_be64(out->net6 + 8, lo);
+                }
+                return 1;
+            }
+            h = (h + 1) & t->mask6;
+        }
+    }
+    return 0;
+}
+
 void fp_table_free(struct fp_table *t) {
     if (t) {
         free(t->slots);
+        free(t->slots6);
         free(t);
     }
 }
@@ -609,13 +701,15 @@ static int tx_kind(const struct vnet_hdr *vh, uint8_t *pkt, size_t plen) {
     return TX_SINGLE;
 }
 
-static int ipv4_dst(const uint8_t *pkt, size_t len, uint32_t *dst) {
+/* The route for the packet's destination: 1 found, 0 none (no_route), -1 malformed. */
+static int tx_route(const struct fp_table *t, const uint8_t *pkt, size_t len, fp_route *rt) {
+    if (len >= 1 && (pkt[0] >> 4) == 6) /* IPv6 (dual-stack leases): the destination at 24 */
+        return len < 40 ? -1 : fp_table_lookup6(t, pkt + 24, rt);
     if (len < 20 || (pkt[0] >> 4) != 4)
-        return 0;
+        return -1;
     uint32_t d;
     memcpy(&d, pkt + 16, 4);
-    *dst = ntohl(d);
-    return 1;
+    return fp_table_lookup(t, ntohl(d), rt);
 }
 
 /* One frame as read from the TUN (with a vnet header if vnet): route it and queue what it becomes. */
@@ -632,18 +726,13 @@ static void tx_frame(struct txq *q, const struct fp_table *t, int vnet, uint8_t 
         pkt += VNET_LEN;
         plen -= VNET_LEN;
     }
-    uint32_t daddr;
     fp_route rt;
-    if (!ipv4_dst(pkt, plen, &daddr)) {
-        /* the overlay is IPv4 (flannel's leases are); anything else has no peer */
-        if (plen >= 1 && ((pkt[0] >> 4) == 6))
-            st->tx_drop_no_route++;
-        else
+    int found = tx_route(t, pkt, plen, &rt);
+    if (found <= 0) {
+        if (found < 0)
             st->tx_drop_malformed++;
-        return;
-    }
-    if (!fp_table_lookup(t, daddr, &rt)) {
-        st->tx_drop_no_route++;
+        else
+            st->tx_drop_no_route++;
         return;
     }
     switch (tx_kind(&vh, pkt, plen)) {
@@ -718,7 +807,7 @@ long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, u
     uint8_t *copy = malloc(len ? len : 1);
     fp_datagram d[128];
     fp_stats st;
-    fp_route any = {0, 0, 0x7f000001, 8285};
+    fp_route any = {.plen = 0, .peer_ip = 0x7f000001, .peer_port = 8285, .family = 4};
     uint32_t l = (uint32_t)len;
     if (!copy)
         return -1;
@@ -983,34 +1072,37 @@ static int sink_to_tun(void *ctx, const struct iovec *iov, int n) {
     }
 }
 
-/* Validate one inner packet and check its source against the route table. */
+/* Validate one inner packet and check its source against the route table: the outer source
+ * must be the PublicIP leasing the inner source's subnet (for IPv6 too: a dual-stack lease). */
 static int rx_accept(const struct fp_table *t, uint32_t outer_src, const uint8_t *d, size_t dl, fp_stats *st) {
-    if (dl < 1) {
-        st->rx_drop_malformed++;
-        return 0;
-    }
-    if ((d[0] >> 4) == 6) { /* no IPv6 leases exist, so no IPv6 source can be vouched for */
-        if (dl < 40)
-            st->rx_drop_malformed++;
-        else
-            st->rx_drop_no_route++;
-        return 0;
-    }
-    size_t ihl = (size_t)(d[0] & 0x0f) * 4;
-    uint16_t tot;
-    if (dl < 20 || (d[0] >> 4) != 4 || ihl < 20 || ihl > dl) {
-        st->rx_drop_malformed++;
-        return 0;
-    }
-    memcpy(&tot, d + 2, 2);
-    if (ntohs(tot) != dl || csum_fold(csum_add(d, ihl, 0)) != 0xffff) {
-        st->rx_drop_malformed++;
-        return 0;
-    }
-    uint32_t src;
-    memcpy(&src, d + 12, 4);
     fp_route rt;
-    if (!fp_table_lookup(t, ntohl(src), &rt)) {
+    int found;
+    if (dl >= 1 && (d[0] >> 4) == 6) {
+        uint16_t payload;
+        if (dl >= 40)
+            memcpy(&payload, d + 4, 2);
+        if (dl < 40 || (size_t)ntohs(payload) + 40 != dl) { /* truncated, padded or a jumbogram */
+            st->rx_drop_malformed++;
+            return 0;
+        }
+        found = fp_table_lookup6(t, d + 8, &rt);
+    } else {
+        size_t ihl = dl >= 1 ? (size_t)(d[0] & 0x0f) * 4 : 0;
+        uint16_t tot;
+        if (dl < 20 || (d[0] >> 4) != 4 || ihl < 20 || ihl > dl) {
+            st->rx_drop_malformed++;
+            return 0;
+        }
+        memcpy(&tot, d + 2, 2);
+        if (ntohs(tot) != dl || csum_fold(csum_add(d, ihl, 0)) != 0xffff) {
+            st->rx_drop_malformed++;
+            return 0;
+        }
+        uint32_t src;
+        memcpy(&src, d + 12, 4);
+        found = fp_table_lookup(t, ntohl(src), &rt);
+    }
+    if (!found) {
         st->rx_drop_no_route++;
         return 0;
     }
@@ -1019,6 +1111,17 @@ static int rx_accept(const struct fp_table *t, uint32_t outer_src, const uint8_t
         return 0;
     }
     return 1;
+}
+
+int fp_rx_accept(const fp_route *routes, int nroutes, uint32_t outer_src, const uint8_t *pkt, size_t len,
+                 fp_stats *st) {
+    struct fp_table *t = fp_table_build(routes, nroutes);
+    memset(st, 0, sizeof(*st));
+    if (!t)
+        return -1;
+    int ok = rx_accept(t, outer_src, pkt, len, st);
+    fp_table_free(t);
+    return ok;
 }
 
 struct rx_state {

@@ -42,10 +42,12 @@ typedef struct fp_stats {
 } fp_stats;
 
 typedef struct fp_route {
-    uint32_t net;       /* subnet address */
-    uint8_t plen;       /* prefix length 0..32 */
-    uint32_t peer_ip;   /* PublicIP of the host leasing the subnet */
+    uint32_t net;       /* IPv4 subnet address */
+    uint8_t plen;       /* prefix length 0..32 (IPv6: 0..128) */
+    uint32_t peer_ip;   /* PublicIP of the host leasing the subnet (IPv4 for either family) */
     uint16_t peer_port; /* its UDP port */
+    uint8_t family;     /* 6: an IPv6 subnet in net6 (a dual-stack lease); 4 or 0: IPv4 in net */
+    uint8_t net6[16];   /* IPv6 subnet address, network byte order */
 } fp_route;
 
 struct fp;
@@ -74,6 +76,7 @@ uint16_t fp_checksum(const uint8_t *buf, size_t len);
 int fp_simd(int enable);
 struct fp_table *fp_table_build(const fp_route *routes, int n);
 int fp_table_lookup(const struct fp_table *t, uint32_t addr, fp_route *out);
+int fp_table_lookup6(const struct fp_table *t, const uint8_t *addr16, fp_route *out);
 void fp_table_free(struct fp_table *t);
 /* Look `addr` up `iterations` times through the same lock-free path the threads use;
  * returns how many lookups found no route (for concurrent-update tests). */
@@ -99,6 +102,11 @@ int fp_tx_batch(uint8_t *frames, const uint32_t *lens, int n, const fp_route *ro
  * back, each `*seg_size` bytes (the last may be shorter). Returns the number of bytes written to
  * out, or -1 if malformed. */
 long fp_tx_prepare(const uint8_t *frame, size_t len, uint8_t *out, size_t cap, uint32_t *seg_size);
+
+/* RX: whether the RX thread would accept inner packet `pkt` (len bytes) from outer source
+ * outer_src, routes being the table; 1 or 0, with the drop counted in st (zeroed first). */
+int fp_rx_accept(const fp_route *routes, int nroutes, uint32_t outer_src, const uint8_t *pkt, size_t len,
+                 fp_stats *st);
 
 /* RX: coalesce `n` inner packets (lens[i] bytes each, back to back in pkts) as the RX thread
  * would, writing each resulting TUN frame (10-byte vnet header + packet) back to back into out

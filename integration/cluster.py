@@ -65,6 +65,7 @@ class Container:
     name: str  # namespace name
     host: int
     ip: ipaddress.IPv4Address
+    ip6: ipaddress.IPv6Address | None = None  # on a dual-stack network (FLANNEL_IPV6_SUBNET)
 
 
 @dataclass
@@ -158,7 +159,14 @@ class ClusterBase:
         return json.loads(self.exec(i, "ip", "-j", "route", "show", "proto", "101").stdout or "[]")
 
     def peer_subnets(self, i: int) -> set[str]:
-        return {str(self.subnet(j)) for j in range(1, self.size + 1) if j != i}
+        """The other hosts' subnets, and their IPv6 subnets when host i and they are dual-stack."""
+        out = {str(self.subnet(j)) for j in range(1, self.size + 1) if j != i}
+        if self.subnet_env(i).get("FLANNEL_IPV6_SUBNET"):
+            for j in range(1, self.size + 1):
+                v6 = self.subnet_env(j).get("FLANNEL_IPV6_SUBNET") if j != i else None
+                if v6:
+                    out.add(str(ipaddress.IPv6Interface(v6).network))
+        return out
 
     def overlay_routes(self, i: int) -> set[str]:
         """Peer subnets host i's data path routes, as netd reports them (any backend)."""
@@ -193,11 +201,19 @@ class ClusterBase:
         self.netns_add(i, name)
         self.exec(i, "ip", "link", "add", f"ve{j}", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", name)
         self.exec(i, "ip", "link", "set", f"ve{j}", "master", "cni0", "up")
-        c = Container(name, i, ip)
+        v6 = self.subnet_env(i).get("FLANNEL_IPV6_SUBNET")
+        subnet6 = ipaddress.IPv6Interface(v6).network if v6 else None
+        c = Container(name, i, ip, subnet6.network_address + 10 + j if subnet6 else None)
         self.container_exec(c, "ip", "link", "set", "lo", "up")
         self.container_exec(c, "ip", "link", "set", "eth0", "mtu", mtu, "up")
         self.container_exec(c, "ip", "addr", "add", f"{ip}/{subnet.prefixlen}", "dev", "eth0")
         self.container_exec(c, "ip", "route", "add", "default", "via", str(gw))
+        if subnet6 is not None:
+            gw6 = f"{subnet6.network_address + 1}/{subnet6.prefixlen}"
+            if gw6 not in self.exec(i, "ip", "-6", "-br", "addr", "show", "dev", "cni0").stdout:
+                self.exec(i, "ip", "addr", "add", gw6, "dev", "cni0", "nodad")
+            self.container_exec(c, "ip", "addr", "add", f"{c.ip6}/{subnet6.prefixlen}", "dev", "eth0", "nodad")
+            self.container_exec(c, "ip", "-6", "route", "add", "default", "via", str(subnet6.network_address + 1))
         return c
 
     def netns_add(self, i: int, name: str) -> None:
@@ -210,12 +226,12 @@ class ClusterBase:
     def container_popen(self, c: Container, *cmd: str) -> subprocess.Popen[str]:
         return self.popen(c.host, "ip", "netns", "exec", c.name, *cmd)
 
-    def ping(self, src: Container, dst: ipaddress.IPv4Address | str, count: int = 1,
+    def ping(self, src: Container, dst: ipaddress.IPv4Address | ipaddress.IPv6Address | str, count: int = 1,
              interval: float = 0.2, deadline: float = 5) -> subprocess.CompletedProcess[str]:
         return self.container_exec(src, "ping", "-n", "-c", str(count), "-i", str(interval), "-w", str(deadline),
                                    str(dst), check=False, timeout=deadline + 30)
 
-    def can_ping(self, src: Container, dst: ipaddress.IPv4Address | str) -> bool:
+    def can_ping(self, src: Container, dst: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> bool:
         return self.ping(src, dst, count=1, deadline=3).returncode == 0
 
 

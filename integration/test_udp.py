@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
 from integration.cluster import Cluster, in_ns, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
 UDP = {"Network": "10.5.0.0/16", "Backend": {"Type": "udp"}}
+DUAL = {**UDP, "EnableIPv6": True, "IPv6Network": "fd00:5::/48"}
 
 
 def tool(ns: str, *args: str, **kw) -> subprocess.Popen[str]:
@@ -36,8 +38,8 @@ def stats(c: Cluster, i: int) -> dict:
     return json.loads(c.netctl(i, "stats", "-o", "json").stdout)
 
 
-def start_udp(c: Cluster, *extra: str) -> None:
-    c.set_config(UDP)
+def start_udp(c: Cluster, *extra: str, config: dict = UDP) -> None:
+    c.set_config(config)
     for h in c.hosts:
         c.start_netd(h.index, *extra)
     c.wait_ready()
@@ -225,3 +227,49 @@ def test_netctl_leases_shows_udp_leases_as_flannel_writes_them(make_cluster):
     rows = json.loads(c.netctl(2, "leases", "-o", "json").stdout)
     assert {r["public_ip"] for r in rows} == {c.host(1).ip, c.host(2).ip}
     assert all(r["backend"] == "udp" and r["backend_data"] == {} for r in rows)
+
+
+def test_dual_stack_ipv6_inner_packets_pass_every_way_intact_and_spoofed_ones_are_dropped(make_cluster):
+    """EnableIPv6 on the udp backend: IPv6 subnets leased under flannel's dual-stack keys, IPv6
+    inner packets carried in the same IPv4 datagrams, checked against the lease like IPv4."""
+    c = make_cluster(3)
+    start_udp(c, config=DUAL)
+    boxes = [c.add_container(i) for i in (1, 2, 3)]
+    assert all(b.ip6 is not None for b in boxes)
+    env = c.subnet_env(1)
+    assert env["FLANNEL_IPV6_NETWORK"] == "fd00:5::/48" and env["FLANNEL_IPV6_SUBNET"].endswith("::1/64")
+    keys = [r["subnet"] + "&" + r["ipv6_subnet"] for r in json.loads(c.netctl(2, "leases", "-o", "json").stdout)]
+    assert len(keys) == 3 and all(k.split("&")[1].startswith("fd00:5:") for k in keys)
+    flannel0 = c.exec(1, "ip", "-6", "-br", "addr", "show", "dev", "flannel0").stdout.split()
+    subnet6 = ipaddress.IPv6Interface(env["FLANNEL_IPV6_SUBNET"]).network
+    assert flannel0[2:] == [f"{subnet6.network_address}/48"]  # no link-local address: no kernel chatter
+    for src in boxes:
+        for dst in boxes:
+            if src is not dst:
+                assert c.can_ping(src, dst.ip6), f"{src.name} -> {dst.ip6}"
+                assert c.can_ping(src, dst.ip), f"{src.name} -> {dst.ip}"
+    # 20 MB of TCP over IPv6 (the kernel cuts it to MTU-sized packets before the TUN: no TSO6)
+    rx = tool(boxes[2].name, "tcp-recv", "5001")
+    wait_listening(rx)
+    tx = tool(boxes[0].name, "tcp-send", str(boxes[2].ip6), "5001", "20")
+    sent, _ = tx.communicate(timeout=120)
+    got, _ = rx.communicate(timeout=30)
+    assert sent.split() == got.split() and sent.split()[0] == str(20 << 20)
+    # UDP over IPv6 of mixed sizes, beyond the MTU too (IPv6 fragments)
+    rx = tool(boxes[1].name, "udp-recv", "6000", "5")
+    wait_listening(rx)
+    tx = tool(boxes[0].name, "udp-send", str(boxes[1].ip6), "6000", "500", "8", "1000", "1400", "1452", "3000")
+    tx.communicate(timeout=60)
+    assert json.loads(rx.communicate(timeout=30)[0]) == {"received": 500, "corrupt": 0}
+    drops = stats(c, 1)["drops"]
+    assert {k: v for k, v in drops.items() if v} == {}
+    # spoofing: host 3 claims host 2's IPv6 subnet
+    h2_src = str(boxes[1].ip6 + 100)
+    forged = bytes(IPv6(src=h2_src, dst=str(boxes[0].ip6)) / ICMPv6EchoRequest(id=4242))
+    send_raw(c, c.host(3).ns, c.host(1).ip, [forged] * 4)
+    genuine = bytes(IPv6(src=h2_src, dst=str(boxes[0].ip6)) / ICMPv6EchoRequest(id=7))
+    rx_before = stats(c, 1)["packets"]["rx"]
+    send_raw(c, c.host(2).ns, c.host(1).ip, [genuine])
+    wait_for(lambda: stats(c, 1)["drops"]["rx/spoofed"] == 4 and stats(c, 1)["packets"]["rx"] > rx_before, 5,
+             lambda: f"drops {stats(c, 1)['drops']}, packets {stats(c, 1)['packets']}")
+    assert {k: v for k, v in stats(c, 1)["drops"].items() if v} == {"rx/spoofed": 4}

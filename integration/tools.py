@@ -21,8 +21,31 @@ import time
 CHUNK = 1 << 20
 
 
+def family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def dual_udp_socket(port: int) -> socket.socket:
+    """A UDP socket on `port` that receives IPv4 and IPv6 alike (IPv4 only where IPv6 is off)."""
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", port))
+    except OSError:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", port))
+    return s
+
+
+def dual_tcp_server(port: int) -> socket.socket:
+    try:
+        return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+    except OSError:
+        return socket.create_server(("0.0.0.0", port))
+
+
 def tcp_recv(port: int) -> None:
-    srv = socket.create_server(("0.0.0.0", port))
+    srv = dual_tcp_server(port)
     print("listening", flush=True)
     conn, _ = srv.accept()
     h, n = hashlib.sha256(), 0
@@ -45,9 +68,8 @@ def tcp_send(ip: str, port: int, mbytes: int) -> None:
 
 
 def udp_recv(port: int, seconds: float) -> None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = dual_udp_socket(port)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    s.bind(("0.0.0.0", port))
     s.settimeout(0.2)
     print("listening", flush=True)
     got, corrupt, deadline = 0, 0, time.monotonic() + seconds
@@ -63,7 +85,7 @@ def udp_recv(port: int, seconds: float) -> None:
 
 
 def udp_send(ip: str, port: int, sizes: list[int], count: int) -> None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family(ip), socket.SOCK_DGRAM)
     rng = random.Random(7)
     for i in range(count):
         body = rng.randbytes(max(0, sizes[i % len(sizes)] - 8))

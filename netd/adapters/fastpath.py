@@ -36,11 +36,20 @@ DROP_REASONS = {
 }
 
 
-@dataclass(frozen=True, order=True)
+Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
 class UdpRoute:
-    subnet: ipaddress.IPv4Network
+    """subnet (IPv4, or a dual-stack lease's IPv6 subnet) -> the PublicIP:port leasing it."""
+
+    subnet: Subnet
     peer_ip: ipaddress.IPv4Address
     peer_port: int
+
+    def sort_key(self) -> tuple[int, int, int, int, int]:
+        return (self.subnet.version, int(self.subnet.network_address), self.subnet.prefixlen, int(self.peer_ip),
+                self.peer_port)
 
 
 class FastPath:
@@ -72,7 +81,7 @@ class FastPath:
 
     def set_routes(self, routes: Iterable[UdpRoute]) -> None:
         """Replace the route table atomically (traffic keeps flowing through the swap)."""
-        routes = tuple(sorted(set(routes)))
+        routes = tuple(sorted(set(routes), key=UdpRoute.sort_key))
         rc = lib.fp_set_routes(self._fp, route_array(routes), len(routes))
         if rc != 0:
             raise DataplaneError(f"fp_set_routes failed: errno {-rc}")
@@ -87,7 +96,7 @@ class FastPath:
         lib.fp_get_stats(self._fp, out)
         return {name: int(getattr(out, name)) for name in STAT_FIELDS}
 
-    def lookup_loop(self, addr: ipaddress.IPv4Address, iterations: int) -> int:
+    def lookup_loop(self, addr: ipaddress.IPv4Address, iterations: int) -> int:  # IPv4: the threads' path
         """Misses among ``iterations`` lookups through the threads' lock-free path (tests)."""
         return int(lib.fp_lookup_loop(self._fp, int(addr), iterations))
 
@@ -101,20 +110,30 @@ def route_array(routes: tuple[UdpRoute, ...]) -> object:
     """routes as the C interface's fp_route[] (host byte order)."""
     arr = ffi.new("fp_route[]", max(1, len(routes)))
     for i, r in enumerate(routes):
-        arr[i].net, arr[i].plen = int(r.subnet.network_address), r.subnet.prefixlen
+        if r.subnet.version == 6:
+            arr[i].family, arr[i].net6 = 6, list(r.subnet.network_address.packed)
+        else:
+            arr[i].family, arr[i].net = 4, int(r.subnet.network_address)
+        arr[i].plen = r.subnet.prefixlen
         arr[i].peer_ip, arr[i].peer_port = int(r.peer_ip), r.peer_port
     return arr
 
 
-def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address) -> UdpRoute | None:
+def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> UdpRoute | None:
     """The C table's longest-prefix match, for tests: build a table, look up, free."""
     routes = tuple(routes)
     table = lib.fp_table_build(route_array(routes), len(routes))
     try:
         out = ffi.new("fp_route *")
-        if not lib.fp_table_lookup(table, int(addr), out):
-            return None
-        return UdpRoute(ipaddress.IPv4Network((out.net, out.plen)), ipaddress.IPv4Address(out.peer_ip), out.peer_port)
+        if addr.version == 6:
+            if not lib.fp_table_lookup6(table, addr.packed, out):
+                return None
+            subnet: Subnet = ipaddress.IPv6Network((bytes(out.net6), out.plen))
+        else:
+            if not lib.fp_table_lookup(table, int(addr), out):
+                return None
+            subnet = ipaddress.IPv4Network((out.net, out.plen))
+        return UdpRoute(subnet, ipaddress.IPv4Address(out.peer_ip), out.peer_port)
     finally:
         lib.fp_table_free(table)
 
@@ -132,7 +151,7 @@ def load_route_cache(path: str) -> dict[str, Any] | None:
     try:
         with open(path) as fh:
             obj = json.load(fh)
-        obj["routes"] = [UdpRoute(ipaddress.IPv4Network(s), ipaddress.IPv4Address(ip), int(port))
+        obj["routes"] = [UdpRoute(ipaddress.ip_network(s), ipaddress.IPv4Address(ip), int(port))
                          for s, ip, port in obj["routes"]]
         str(obj["tun"])
         int(obj["port"])

@@ -343,9 +343,17 @@ def remove_other_backends(ipr: IPRoute, keep: str) -> list[str]:
     return removed
 
 
-def enable_forwarding() -> None:
-    """Hosts route between the overlay and their containers."""
-    with open("/proc/sys/net/ipv4/ip_forward", "w") as fh:
+def enable_forwarding(ipv6: bool = False) -> None:
+    """Hosts route between the overlay and their containers. For IPv6 (dual stack) that is
+    net.ipv6.conf.all.forwarding, which also makes the kernel ignore router advertisements on
+    interfaces with accept_ra=1: a host whose own IPv6 address comes from SLAAC needs accept_ra=2."""
+    path = "/proc/sys/net/ipv6/conf/all/forwarding" if ipv6 else "/proc/sys/net/ipv4/ip_forward"
+    with open(path) as fh:
+        if fh.read().strip() == "1":
+            return
+    with open(path, "w") as fh:
         fh.write("1\n")
+    if ipv6:
+        log.info("enabled IPv6 forwarding (net.ipv6.conf.all.forwarding=1)")
 
 

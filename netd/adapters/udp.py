@@ -3,6 +3,9 @@
 flannel-compatible: Backend {"Type": "udp", "Port": 8285}; the TUN (``flannel0``) has MTU =
 underlay MTU - 28 and holds our subnet's network address with the cluster network's prefix
 length, so the kernel routes the whole cluster network into it; leases carry PublicIP only.
+Dual stack (EnableIPv6, netd's own extension: flannel's udp backend is IPv4 only): the TUN also
+holds our IPv6 subnet's network address with the IPv6Network's prefix length; IPv6 inner
+packets travel in the same IPv4 UDP datagrams (the payload is the inner packet, either family).
 
 Restart without an outage: the TUN is persistent, and the route table is cached in
 ``--state-dir``; a new netd re-attaches to the TUN and loads the cached table before its slow
@@ -15,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import socket
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netd.adapters.fastpath import THREAD_LAYOUTS, FastPath, UdpRoute, save_route_cache
-from netd.adapters.netlink import UDP_TUN, Underlay, remove_other_backends
+from netd.adapters.netlink import UDP_TUN, Underlay, enable_forwarding, remove_other_backends
 from netd.core.dataplane import DataplanePlan, DataplaneState, Route
 from netd.errors import DataplaneError
 from netd.model import Lease, NetworkConfig
@@ -29,6 +33,7 @@ from netd.model import Lease, NetworkConfig
 log = logging.getLogger(__name__)
 
 UDP_OVERHEAD = 28  # outer IPv4 + UDP headers
+IFF_MULTICAST = 0x1000
 
 
 class UdpBackend:
@@ -99,23 +104,41 @@ class UdpBackend:
         if not found:
             raise DataplaneError(f"TUN {self.tun} vanished")
         index = found[0]
-        want = (str(own.subnet.network_address), self.cfg.network.prefixlen)
-        have = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in self.ipr.get_addr(index=index, family=2)]
-        for addr, plen in have:
-            if (addr, plen) != want:
-                self.ipr.addr("del", index=index, address=addr, prefixlen=plen)
+        want6 = (str(own.ipv6_subnet.network_address), self.cfg.ipv6.network.prefixlen) \
+            if self.cfg.ipv6 and own.ipv6_subnet else None
+        self._ipv6_settings(index, want6 is not None)  # before the link is up: nothing of the kernel's leaks
         link = self.ipr.get_links(index)[0]
         if link.get_attr("IFLA_MTU") != self.mtu() or not link["flags"] & 1:
             self.ipr.link("set", index=index, mtu=self.mtu(), state="up")
         self._no_qdisc(index)
-        # The overlay is IPv4 (leases are): no link-local IPv6 chatter into the fast path.
-        with contextlib.suppress(OSError), open(f"/proc/sys/net/ipv6/conf/{self.tun}/disable_ipv6", "w") as fh:
-            fh.write("1\n")
+        self._set_addr(index, socket.AF_INET, (str(own.subnet.network_address), self.cfg.network.prefixlen))
+        if want6 is not None:
+            self._set_addr(index, socket.AF_INET6, want6)
+            enable_forwarding(ipv6=True)
+
+    def _set_addr(self, index: int, family: int, want: tuple[str, int]) -> None:
+        """The TUN holds exactly `want` (address, prefix length) of this family."""
+        have = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in self.ipr.get_addr(index=index, family=family)]
+        for addr, plen in have:
+            if (addr, plen) != want:
+                self.ipr.addr("del", index=index, address=addr, prefixlen=plen)
         if want not in have:
             try:
                 self.ipr.addr("add", index=index, address=want[0], prefixlen=want[1])
             except NetlinkError as exc:
                 raise DataplaneError(f"addressing {self.tun} with {want[0]}/{want[1]}: {exc}") from exc
+
+    def _ipv6_settings(self, index: int, dual_stack: bool) -> None:
+        """IPv6 on the TUN only on a dual-stack network, and then without a link-local address or
+        multicast: nothing of the kernel's own (router solicitations, MLD reports) enters the
+        fast path, where it would only be counted as tx no_route."""
+        conf = f"/proc/sys/net/ipv6/conf/{self.tun}"
+        settings = (("addr_gen_mode", "1"), ("disable_ipv6", "0")) if dual_stack else (("disable_ipv6", "1"),)
+        for name, value in settings:  # addr_gen_mode 1: no link-local address
+            with contextlib.suppress(OSError), open(f"{conf}/{name}", "w") as fh:
+                fh.write(value + "\n")
+        if dual_stack and self.ipr.get_links(index)[0]["flags"] & IFF_MULTICAST:
+            self.ipr.link("set", index=index, flags=0, change=IFF_MULTICAST)
 
     def _no_qdisc(self, index: int) -> None:
         """No queueing discipline on the TUN: a TUN never stops its queue (a full ring drops), so

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import random
@@ -227,7 +228,9 @@ class Agent:
 
         backend = self.backend
         await self._on_dataplane(backend.configure_own, own)
-        desired, skipped = desired_state(backend.name, own, leases)
+        # a dual-stack key from an earlier EnableIPv6 run carries no IPv6 routes once it is off
+        dp_own = own if cfg.ipv6 else dataclasses.replace(own, ipv6_subnet=None)
+        desired, skipped = desired_state(backend.name, dp_own, leases)
         plan = plan_dataplane(desired, await self._on_dataplane(backend.observe))
         errors: list[str] = []
         if plan.changes:

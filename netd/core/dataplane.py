@@ -6,7 +6,8 @@ as a /32; for each peer lease (BackendType vxlan, BackendData.VtepMAC):
   * an FDB entry          <VtepMAC> dst <peer PublicIP>,
   * an onlink route       <peer subnet> via <peer subnet network address> dev flannel.<VNI>.
 host-gw: for each peer lease, a route <peer subnet> via <peer PublicIP> on the underlay link.
-udp: the same pairs, as the C fast path's route table (subnet -> peer PublicIP:Port).
+udp: the same pairs, as the C fast path's route table (subnet -> peer PublicIP:Port), and on a
+dual-stack network (our lease has an IPv6 subnet) each peer's IPv6 subnet -> its PublicIP too.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from netd.model import Lease
 
 IPv4 = ipaddress.IPv4Address
 Net4 = ipaddress.IPv4Network
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Route:
-    dst: Net4
+    dst: Net
     gateway: IPv4
     onlink: bool = False
+
+    def sort_key(self) -> tuple[int, int, int, int, bool]:
+        return (self.dst.version, int(self.dst.network_address), self.dst.prefixlen, int(self.gateway), self.onlink)
 
 
 @dataclass(frozen=True, order=True)
@@ -113,6 +118,8 @@ def desired_state(
             # host-gw: a kernel route via the peer; udp: the fast path's table, which also
             # tells which PublicIP may send packets from the peer's subnet (anti-spoofing)
             routes.add(Route(peer.subnet, peer.attrs.public_ip))
+            if backend_type == "udp" and own.ipv6_subnet is not None and peer.ipv6_subnet is not None:
+                routes.add(Route(peer.ipv6_subnet, peer.attrs.public_ip))
         else:
             skipped.append(f"{peer.key}: backend {backend_type!r} has no kernel routes")
     return DataplaneState(frozenset(routes), frozenset(neighbours), frozenset(fdb)), tuple(skipped)
@@ -127,8 +134,8 @@ def plan_dataplane(desired: DataplaneState, actual: DataplaneState) -> Dataplane
     want_route_dsts = {r.dst for r in desired.routes}
     want_neigh_ips = {n.ip for n in desired.neighbours}
     return DataplanePlan(
-        add_routes=tuple(sorted(desired.routes - actual.routes)),
-        del_routes=tuple(sorted(r for r in actual.routes if r.dst not in want_route_dsts)),
+        add_routes=tuple(sorted(desired.routes - actual.routes, key=Route.sort_key)),
+        del_routes=tuple(sorted((r for r in actual.routes if r.dst not in want_route_dsts), key=Route.sort_key)),
         add_neighbours=tuple(sorted(desired.neighbours - actual.neighbours)),
         del_neighbours=tuple(sorted(n for n in actual.neighbours if n.ip not in want_neigh_ips)),
         add_fdb=tuple(sorted(desired.fdb - actual.fdb)),

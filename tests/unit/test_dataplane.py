@@ -71,3 +71,24 @@ def test_plan_adds_missing_deletes_stale_and_replaces_changed_without_a_gap():
     assert plan.del_fdb == (FdbEntry("0e:00:00:00:00:02", A("192.0.2.2")),)
     assert plan.changes == 6
     assert plan_dataplane(desired, desired).changes == 0
+
+
+def dual(subnet, v6, ip, btype="udp"):
+    return Lease(ipaddress.IPv4Network(subnet), LeaseAttrs(A(ip), btype, {}), 1, 1,
+                 ipaddress.IPv6Network(v6) if v6 else None)
+
+
+def test_udp_dual_stack_routes_each_peers_ipv6_subnet_to_its_public_ip():
+    own = dual("10.5.1.0/24", "fd00:5:0:1::/64", "192.0.2.1")
+    peers = [own, dual("10.5.2.0/24", "fd00:5:0:2::/64", "192.0.2.2"), dual("10.5.3.0/24", None, "192.0.2.3")]
+    state, skipped = desired_state("udp", own, peers)
+    assert skipped == ()
+    assert state.routes == {
+        Route(ipaddress.IPv4Network("10.5.2.0/24"), A("192.0.2.2")),
+        Route(ipaddress.IPv6Network("fd00:5:0:2::/64"), A("192.0.2.2")),  # same PublicIP: anti-spoofing too
+        Route(ipaddress.IPv4Network("10.5.3.0/24"), A("192.0.2.3")),  # an IPv4-only peer
+    }
+    v4_only_own = dual("10.5.1.0/24", None, "192.0.2.1")  # we carry no IPv6: no IPv6 routes
+    assert all(r.dst.version == 4 for r in desired_state("udp", v4_only_own, peers)[0].routes)
+    plan = plan_dataplane(state, DataplaneState())  # both families sort together
+    assert [str(r.dst) for r in plan.add_routes] == ["10.5.2.0/24", "10.5.3.0/24", "fd00:5:0:2::/64"]

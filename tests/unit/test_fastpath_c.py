@@ -262,12 +262,71 @@ def test_without_gso_every_segment_is_its_own_datagram():
 
 
 def test_no_route_and_ipv6_frames_are_counted_not_sent():
-    """The overlay is IPv4 (flannel's leases are): an IPv6 frame has no peer, nor has an unleased address."""
+    """Without dual-stack leases an IPv6 frame has no peer, nor has an unleased address."""
     v6 = bytes(IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=1, dport=2, flags="A") / (b"x" * 100))
     stray = bytes(IP(src=SRC, dst="10.9.9.9") / UDP(sport=1, dport=2))
-    dgrams, st = tx_batch([vnet() + v6, vnet() + stray, b"\x00" * 4], [PEER_A])
+    dgrams, st = tx_batch([vnet() + v6, vnet() + stray, b"\x00" * 4, vnet() + v6[:39]], [PEER_A])
     assert dgrams == []
-    assert (st.tx_drop_no_route, st.tx_drop_malformed, st.tx_packets) == (2, 1, 0)
+    assert (st.tx_drop_no_route, st.tx_drop_malformed, st.tx_packets) == (2, 2, 0)
+
+
+SRC6, DST6 = "fd00:5:0:1::b", "fd00:5:0:2::b"
+PEER_A6 = UdpRoute(ipaddress.IPv6Network("fd00:5:0:2::/64"), PEER_A.peer_ip, 8285)
+
+
+def partial6(pkt, csum_offset: int) -> bytes:
+    """An IPv6 packet as the TUN hands it over with TUN_F_CSUM: the L4 checksum left partial."""
+    raw = bytearray(bytes(pkt))
+    l4 = raw[40:]
+    pseudo = ipaddress.IPv6Address(pkt[IPv6].src).packed + ipaddress.IPv6Address(pkt[IPv6].dst).packed + \
+        struct.pack("!IxxxB", len(l4), pkt[IPv6].nh)
+    struct.pack_into("!H", raw, 40 + csum_offset, 0xFFFF - scapy_checksum(pseudo))
+    return vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 40, csum_offset) + bytes(raw)
+
+
+def test_ipv6_frames_go_to_the_peer_leasing_the_destination_with_checksums_completed():
+    tcp6 = IPv6(src=SRC6, dst=DST6) / TCP(sport=40000, dport=5201, seq=9, ack=1, flags="PA") / (b"v6" * 600)
+    udp6 = IPv6(src=SRC6, dst=DST6) / UDP(sport=5353, dport=5353) / b"hello over IPv6"
+    ping = IPv6(src=SRC6, dst=DST6) / b"\x80\x00\x00\x00\x00\x01\x00\x01"  # raw ICMPv6, full checksum
+    frames = [partial6(tcp6, 16), partial6(udp6, 6), vnet() + bytes(ping)]
+    dgrams, st = tx_batch(frames, [PEER_A, PEER_A6])
+    sent = [d[3] for d in dgrams]
+    payloads = b"".join(sent)
+    assert payloads == bytes(tcp6) + bytes(udp6) + bytes(ping)  # scapy's checksums, byte for byte
+    assert {(d[0], d[1]) for d in dgrams} == {("192.0.2.2", 8285)}
+    assert (st.tx_packets, st.tx_drop_no_route, st.tx_drop_malformed) == (3, 0, 0)
+
+
+def test_a_udp6_checksum_that_sums_to_zero_goes_out_as_ffff():
+    c0 = IPv6(bytes(IPv6(src=SRC6, dst=DST6) / UDP(sport=1, dport=2) / b"\0\0"))[UDP].chksum
+    pkt = IPv6(src=SRC6, dst=DST6) / UDP(sport=1, dport=2) / struct.pack("!H", c0)  # now the sum folds to 0
+    assert IPv6(bytes(pkt))[UDP].chksum == 0xFFFF  # as scapy (RFC 8200) sends it
+    dgrams, _ = tx_batch([partial6(pkt, 6)], [PEER_A6])
+    assert IPv6(dgrams[0][3])[UDP].chksum == 0xFFFF
+
+
+def rx_accept(routes: list[UdpRoute], outer: str, pkt: bytes) -> tuple[int, object]:
+    st = ffi.new("fp_stats *")
+    ok = lib.fp_rx_accept(route_array(tuple(routes)), len(routes), int(ipaddress.IPv4Address(outer)), pkt,
+                          len(pkt), st)
+    return ok, st
+
+
+def test_ipv6_inner_packets_are_accepted_only_from_the_public_ip_leasing_their_source():
+    routes = [PEER_A, PEER_A6]
+    good = bytes(IPv6(src=DST6, dst=SRC6) / UDP(sport=1, dport=2) / (b"x" * 100))
+    assert rx_accept(routes, "192.0.2.2", good)[0] == 1
+    ok, st = rx_accept(routes, "192.0.2.99", good)  # outer source is not the lease's PublicIP
+    assert (ok, st.rx_drop_spoofed) == (0, 1)
+    unleased = bytes(IPv6(src="fd00:9::1", dst=SRC6) / UDP(sport=1, dport=2))
+    ok, st = rx_accept(routes, "192.0.2.2", unleased)
+    assert (ok, st.rx_drop_no_route) == (0, 1)
+    for bad in (good[:39], good[:-1], good + b"\0", b"\x60"):  # truncated or padded: length field disagrees
+        ok, st = rx_accept(routes, "192.0.2.2", bad)
+        assert (ok, st.rx_drop_malformed) == (0, 1), len(bad)
+    v4 = bytes(IP(src="10.5.2.7", dst=SRC) / UDP(sport=1, dport=2))
+    assert rx_accept(routes, "192.0.2.2", v4)[0] == 1
+    assert rx_accept(routes, "192.0.2.3", v4)[1].rx_drop_spoofed == 1
 
 
 def flow_segments(n: int, mss: int = 1400, seq0: int = 1, psh_last: bool = False, options=None) -> list[bytes]:
@@ -320,6 +379,16 @@ def test_route_table_longest_prefix():
     assert lookup(r, A("10.5.3.1")).peer_ip == A("192.0.2.3")
     assert lookup(r, A("10.5.77.1")).peer_ip == A("192.0.2.1")
     assert lookup(r, A("10.6.0.1")) is None
+    six = [UdpRoute(ipaddress.IPv6Network("fd00:5::/48"), A("192.0.2.1"), 8285),
+           UdpRoute(ipaddress.IPv6Network("fd00:5:0:3::/64"), A("192.0.2.3"), 8285),
+           UdpRoute(ipaddress.IPv6Network("fd00:5:0:3:8000::/65"), A("192.0.2.4"), 9000)]
+    S = ipaddress.IPv6Address
+    assert lookup(r + six, S("fd00:5:0:3:8000::1")).peer_ip == A("192.0.2.4")
+    assert lookup(r + six, S("fd00:5:0:3::1")) == six[1]
+    assert lookup(r + six, S("fd00:5:0:ffff::1")).peer_ip == A("192.0.2.1")
+    assert lookup(r + six, S("fd00:6::1")) is None
+    assert lookup(six, A("10.5.3.1")) is None  # the families do not mix
+    assert lookup(r + six, A("10.5.3.1")).peer_ip == A("192.0.2.3")
     many = [UdpRoute(ipaddress.IPv4Network((0x0A000000 + (i << 8), 24)), A(0xC0000200 + i % 250), 8285)
             for i in range(5000)]
     for i in (0, 1234, 4999):
