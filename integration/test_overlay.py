@@ -243,6 +243,12 @@ def test_netctl_config_set_get_and_validation(make_cluster):
                  "config", "set", "--network", "10.7.0.0/16", "--subnet-len", "17", check=False)
     assert bad.returncode == 2 and "SubnetLen: 17 leaves fewer than four subnets" in bad.stderr
     assert json.loads(c.netctl(1, "config", "get").stdout)["SubnetLen"] == 26  # nothing written
+    c.netctl(1, "config", "set", "--network", "10.7.0.0/16", "--backend", "udp", "--ipv6-network", "fd00:7::/48")
+    got = json.loads(c.netctl(1, "config", "get").stdout)
+    assert (got["EnableIPv6"], got["IPv6SubnetLen"], got["IPv6SubnetMin"]) == (True, 64, "fd00:7:0:1::")
+    bad = c.exec(1, "python3", "-m", "netd.cli.netctl_main", f"--etcd-endpoints={c.etcd_endpoint}", "config", "set",
+                 "--network", "10.7.0.0/16", "--ipv6-network", "fd00:7::/48", check=False)  # vxlan: IPv4 only
+    assert bad.returncode == 2 and "EnableIPv6: needs Backend.Type udp" in bad.stderr
 
 
 def test_reservation_is_used_by_its_host_and_never_by_others(make_cluster):

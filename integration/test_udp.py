@@ -16,7 +16,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
-from integration.cluster import Cluster, in_ns, wait_for
+from integration.cluster import Cluster, Container, in_ns, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -200,12 +200,16 @@ def test_a_million_random_datagrams_are_all_counted_as_drops(make_cluster):
     assert c.netd_pid(1) == pid and c.can_ping(a, b.ip)
 
 
-def test_restart_during_ping_loses_at_most_10_in_a_row(make_cluster):
+@pytest.mark.parametrize("family", [4, 6])
+def test_restart_during_ping_loses_at_most_10_in_a_row(make_cluster, family):
+    """A ping at 20/s across a restart of netd on the sender; IPv6 on a dual-stack network (its
+    routes come back from the same cache)."""
     c = make_cluster(2)
-    start_udp(c)
+    start_udp(c, config=UDP if family == 4 else DUAL)
     a, b = c.add_container(1), c.add_container(2)
-    assert c.can_ping(a, b.ip)
-    pinger = subprocess.Popen(in_ns(a.name, "ping", "-n", "-i", "0.05", "-c", "160", "-W", "1", str(b.ip)),
+    dst = str(b.ip if family == 4 else b.ip6)
+    assert c.can_ping(a, dst)
+    pinger = subprocess.Popen(in_ns(a.name, "ping", "-n", "-i", "0.05", "-c", "160", "-W", "1", dst),
                               stdout=subprocess.PIPE, text=True)
     time.sleep(2)
     c.stop_netd(1, signal.SIGTERM)
@@ -218,6 +222,7 @@ def test_restart_during_ping_loses_at_most_10_in_a_row(make_cluster):
     assert worst <= 10, out[-2000:]
     wait_for(lambda: c.readyz(1)[0], 10, "host 1 not ready after restart")
     assert ipaddress.IPv4Network(c.readyz(1)[1]["subnet"]) == c.subnet(1)
+    assert c.can_ping(a, dst)
 
 
 def test_netctl_leases_shows_udp_leases_as_flannel_writes_them(make_cluster):
@@ -273,3 +278,32 @@ def test_dual_stack_ipv6_inner_packets_pass_every_way_intact_and_spoofed_ones_ar
     wait_for(lambda: stats(c, 1)["drops"]["rx/spoofed"] == 4 and stats(c, 1)["packets"]["rx"] > rx_before, 5,
              lambda: f"drops {stats(c, 1)['drops']}, packets {stats(c, 1)['packets']}")
     assert {k: v for k, v in stats(c, 1)["drops"].items() if v} == {"rx/spoofed": 4}
+
+
+def test_dual_stack_ip_masq_masquerades_ipv6_leaving_the_cluster(make_cluster):
+    """--ip-masq on a dual-stack network: the ip6 table does for IPv6 what the ip table does."""
+    c = make_cluster(2)
+    start_udp(c, "--ip-masq", config=DUAL)
+    a, b = c.add_container(1), c.add_container(2)
+    assert "netd ip-masq" in c.exec(1, "nft", "list", "table", "ip6", "netd").stdout
+    # an IPv6 outside: the underlay gets fd99::/64, host 1 an address on it
+    subprocess.run(in_ns(c.underlay_ns, "ip", "addr", "add", "fd99::1/64", "dev", "br0", "nodad"), check=True)
+    c.exec(1, "ip", "addr", "add", "fd99::11/64", "dev", "eth0", "nodad")
+
+    def source_seen(ns: str, dev: str, dst: str, src: Container) -> str:
+        cap = subprocess.Popen(in_ns(ns, "tcpdump", "-n", "-l", "-c", "1", "-i", dev, "icmp6 and ip6[40] == 128"),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        time.sleep(1.0)
+        ok = c.ping(src, dst, count=2).returncode == 0
+        try:
+            line = cap.communicate(timeout=10)[0]
+        finally:
+            cap.kill()
+        assert ok, f"ping {dst} from {src.name} failed"
+        return line.split(" IP6 ", 1)[1].split(" > ", 1)[0]
+
+    assert source_seen(c.underlay_ns, "br0", "fd99::1", a) == "fd99::11"  # masqueraded to the host
+    assert source_seen(b.name, "eth0", str(b.ip6), a) == str(a.ip6)  # inside the cluster: kept
+    assert c.stop_netd(1, signal.SIGTERM) == 0
+    for family in ("ip", "ip6"):
+        assert c.exec(1, "nft", "list", "table", family, "netd", check=False).returncode != 0, family

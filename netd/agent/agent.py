@@ -244,7 +244,7 @@ class Agent:
             )
         self._warn_on_change("skipped", skipped, "peer skipped: %s")
         if self.masq is not None and self.opts.ip_masq:
-            await self._on_dataplane(self.masq.ensure, cfg.network, own.subnet)
+            await self._on_dataplane(self.masq.ensure, cfg.network, own.subnet, ipv6)
 
         peers = peer_leases(own, leases, self.backend.name)
         self.metrics.peers.set(len(peers))

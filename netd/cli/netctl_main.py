@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=sorted(BACKEND_DEFAULTS), default="vxlan")
     s.add_argument("--port", type=int, default=0, help="backend UDP port (default: the backend's)")
     s.add_argument("--vni", type=int, default=0, help="vxlan VNI (default 1)")
+    s.add_argument("--ipv6-network", default=None,
+                   help="dual stack: the cluster's IPv6 network, e.g. fd00:5::/48 (sets EnableIPv6; udp backend)")
+    s.add_argument("--ipv6-subnet-len", type=int, default=0, help="prefix length of each host's IPv6 subnet")
     cfg.add_parser("get", help="print <prefix>/config with defaults filled in")
 
     leases = sub.add_parser("leases", help="list subnet leases")
@@ -92,6 +95,11 @@ async def config_set(reg: EtcdRegistry, args: argparse.Namespace) -> int:
         obj["SubnetMin"] = args.subnet_min
     if args.subnet_max:
         obj["SubnetMax"] = args.subnet_max
+    if args.ipv6_network:
+        obj["EnableIPv6"] = True
+        obj["IPv6Network"] = args.ipv6_network
+    if args.ipv6_subnet_len:
+        obj["IPv6SubnetLen"] = args.ipv6_subnet_len
     backend: dict[str, Any] = {"Type": args.backend}
     if args.port:
         backend["Port"] = args.port

@@ -93,9 +93,10 @@ def test_an_unknown_thread_layout_is_refused_by_name():
         FastPath("fptest2", A("0.0.0.0"), 18287, threads=3)
 
 
-def test_the_route_cache_keeps_the_layout(tmp_path):
+def test_the_route_cache_keeps_the_layout_and_ipv6_routes(tmp_path):
     path = str(tmp_path / "routes.json")
-    routes = [UdpRoute(N("10.5.7.0/24"), A("192.0.2.7"), 8285)]
+    routes = [UdpRoute(N("10.5.7.0/24"), A("192.0.2.7"), 8285),
+              UdpRoute(ipaddress.IPv6Network("fd00:5:0:7::/64"), A("192.0.2.7"), 8285)]
     save_route_cache(path, "flannel0", 8285, True, 2, routes)
     assert load_route_cache(path) == {"tun": "flannel0", "port": 8285, "offloads": True, "threads": 2,
                                       "routes": routes}

@@ -39,3 +39,16 @@ def test_masq_rules_have_flannels_meaning_and_a_stable_digest():
     assert "ip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 masquerade" in script
     assert ruleset_digest(script) == ruleset_digest(render_masq_ruleset(NET, SUB))
     assert ruleset_digest(script) != ruleset_digest(render_masq_ruleset(NET, ipaddress.IPv4Network("10.5.53.0/24")))
+
+
+def test_dual_stack_masq_rules_add_an_ip6_table_in_the_same_transaction():
+    v6 = (ipaddress.IPv6Network("fd00:5::/48"), ipaddress.IPv6Network("fd00:5:0:34::/64"))
+    script = render_masq_ruleset(NET, SUB, v6)
+    assert "ip6 saddr fd00:5::/48 ip6 daddr fd00:5::/48 return" in script
+    assert "ip6 saddr fd00:5::/48 ip6 daddr != ff00::/8 masquerade" in script
+    assert "ip6 saddr != fd00:5::/48 ip6 daddr fd00:5:0:34::/64 return" in script
+    assert "ip6 saddr != fd00:5::/48 ip6 daddr fd00:5::/48 masquerade" in script
+    assert script.count(f'comment "netd ip-masq {ruleset_digest(script)}"') == 2  # both tables carry it
+    assert ruleset_digest(script) != ruleset_digest(render_masq_ruleset(NET, SUB))
+    assert "delete table ip6 netd" in render_masq_ruleset(NET, SUB)  # turning IPv6 off removes its rules
+    assert "table ip6 netd {\n" not in render_masq_ruleset(NET, SUB)
