@@ -1078,7 +1078,7 @@ static int rx_accept(const struct fp_table *t, uint32_t outer_src, const uint8_t
     fp_route rt;
     int found;
     if (dl >= 1 && (d[0] >> 4) == 6) {
-        uint16_t payload;
+        uint16_t payload = 0;
         if (dl >= 40)
             memcpy(&payload, d + 4, 2);
         if (dl < 40 || (size_t)ntohs(payload) + 40 != dl) { /* truncated, padded or a jumbogram */

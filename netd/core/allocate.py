@@ -15,10 +15,9 @@ else a random one of the first 100 free. The pairing is what keeps racing acquir
 create-if-absent compares one key name, so two hosts taking different IPv4 subnets with a
 randomly chosen IPv6 subnet could both win the same IPv6 subnet; paired, the name follows from
 the IPv4 subnet. (flannel chooses the IPv6 subnet at random, so a flannel host can still race a
-netd host for one.) Our lease from before
-EnableIPv6 (no IPv6 subnet) keeps its IPv4 subnet under a new dual-stack key (UPGRADE; the
-leaser then deletes the old key). A reservation without an IPv6 subnet is the operator's to fix:
-ConfigError names it.
+netd host for one.) Our lease from before EnableIPv6 (no IPv6 subnet) keeps its IPv4 subnet under
+a new dual-stack key (UPGRADE; the leaser then deletes the old key). A reservation without an
+IPv6 subnet is the operator's to fix: ConfigError names it.
 """
 
 from __future__ import annotations
@@ -105,12 +104,11 @@ def choose_ipv6_subnet(
     for candidate in (paired_ipv6_subnet(cfg, subnet), previous):
         if candidate is not None and in_range(v6, candidate) and candidate not in held:
             return candidate
-    cfg6 = v6
-    free = free_subnets(cfg6, leases, RANDOM_WINDOW)
+    free = free_subnets(v6, leases, RANDOM_WINDOW)
     if not free:
         raise NoFreeSubnetError(
-            f"no free IPv6 subnet: all /{cfg6.subnet_len} subnets between IPv6SubnetMin {cfg6.subnet_min} "
-            f"and IPv6SubnetMax {cfg6.subnet_max} are leased or reserved"
+            f"no free IPv6 subnet: all /{v6.subnet_len} subnets between IPv6SubnetMin {v6.subnet_min} "
+            f"and IPv6SubnetMax {v6.subnet_max} are leased or reserved"
         )
     chosen: ipaddress.IPv6Network = rng.choice(free)
     return chosen
