@@ -141,9 +141,14 @@ class ClusterBase:
                      lambda i=i: f"host {i} not ready: {self.readyz(i)[1]}\n{self.netd_log(i)[-3000:]}")
 
     def subnet(self, i: int) -> ipaddress.IPv4Network | None:
-        from netd.core.subnetenv import previous_subnet
+        return self.subnets(i)[0]
 
-        return previous_subnet(self.exec(i, "cat", self.subnet_file(i), check=False).stdout)
+    def subnets(self, i: int) -> tuple[ipaddress.IPv4Network | None, ipaddress.IPv6Network | None]:
+        """Host i's subnet and IPv6 subnet (None off dual stack), from one read of its subnet.env."""
+        from netd.core.subnetenv import previous_ipv6_subnet, previous_subnet
+
+        text = self.exec(i, "cat", self.subnet_file(i), check=False).stdout
+        return previous_subnet(text), previous_ipv6_subnet(text)
 
     def subnet_env(self, i: int) -> dict[str, str]:
         from netd.core.subnetenv import parse_subnet_env
@@ -160,13 +165,9 @@ class ClusterBase:
 
     def peer_subnets(self, i: int) -> set[str]:
         """The other hosts' subnets, and their IPv6 subnets when host i and they are dual-stack."""
-        out = {str(self.subnet(j)) for j in range(1, self.size + 1) if j != i}
-        if self.subnet_env(i).get("FLANNEL_IPV6_SUBNET"):
-            for j in range(1, self.size + 1):
-                v6 = self.subnet_env(j).get("FLANNEL_IPV6_SUBNET") if j != i else None
-                if v6:
-                    out.add(str(ipaddress.IPv6Interface(v6).network))
-        return out
+        dual = self.subnets(i)[1] is not None
+        peers = [self.subnets(j) for j in range(1, self.size + 1) if j != i]
+        return {str(v4) for v4, _ in peers} | {str(v6) for _, v6 in peers if dual and v6 is not None}
 
     def overlay_routes(self, i: int) -> set[str]:
         """Peer subnets host i's data path routes, as netd reports them (any backend)."""
@@ -188,7 +189,8 @@ class ClusterBase:
         wait_for(lambda: self.subnet(i) is not None, timeout, lambda: f"no subnet.env on host {i}")
         subnet = self.subnet(i)
         assert subnet is not None
-        mtu = self.subnet_env(i).get("FLANNEL_MTU", "1450")
+        env = self.subnet_env(i)
+        mtu = env.get("FLANNEL_MTU", "1450")
         gw = subnet.network_address + 1
         if self.exec(i, "ip", "link", "show", "cni0", check=False).returncode != 0:
             self.exec(i, "ip", "link", "add", "cni0", "type", "bridge")
@@ -201,7 +203,7 @@ class ClusterBase:
         self.netns_add(i, name)
         self.exec(i, "ip", "link", "add", f"ve{j}", "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", name)
         self.exec(i, "ip", "link", "set", f"ve{j}", "master", "cni0", "up")
-        v6 = self.subnet_env(i).get("FLANNEL_IPV6_SUBNET")
+        v6 = env.get("FLANNEL_IPV6_SUBNET")
         subnet6 = ipaddress.IPv6Interface(v6).network if v6 else None
         c = Container(name, i, ip, subnet6.network_address + 10 + j if subnet6 else None)
         self.container_exec(c, "ip", "link", "set", "lo", "up")

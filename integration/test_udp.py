@@ -38,6 +38,25 @@ def stats(c: Cluster, i: int) -> dict:
     return json.loads(c.netctl(i, "stats", "-o", "json").stdout)
 
 
+def tcp_hashed(src: Container, dst: Container, ip: object, mbytes: int, timeout: float) -> None:
+    """mbytes of seeded TCP from src to dst at ip; both ends hash what they saw."""
+    rx = tool(dst.name, "tcp-recv", "5001")
+    wait_listening(rx)
+    tx = tool(src.name, "tcp-send", str(ip), "5001", str(mbytes))
+    sent, _ = tx.communicate(timeout=timeout)
+    got, _ = rx.communicate(timeout=30)
+    assert sent.split() == got.split() and sent.split()[0] == str(mbytes << 20)
+
+
+def udp_digested(src: Container, dst: Container, ip: object, count: int, sizes: list[str], seconds: int) -> dict:
+    """count datagrams of those sizes (cycled), each carrying its digest; what dst received."""
+    rx = tool(dst.name, "udp-recv", "6000", str(seconds))
+    wait_listening(rx)
+    tx = tool(src.name, "udp-send", str(ip), "6000", str(count), *sizes)
+    tx.communicate(timeout=60)
+    return json.loads(rx.communicate(timeout=30)[0])
+
+
 def start_udp(c: Cluster, *extra: str, config: dict = UDP) -> None:
     c.set_config(config)
     for h in c.hosts:
@@ -59,20 +78,12 @@ def test_udp_mesh_tcp_200mb_intact_and_mixed_udp_intact(make_cluster):
     assert int(c.exec(1, "cat", "/sys/class/net/flannel0/mtu").stdout) == 1500 - 28
     assert c.exec(1, "tc", "qdisc", "show", "dev", "flannel0").stdout.split()[:2] == ["qdisc", "noqueue"]
     # 200 MB of TCP, hashed on both sides
-    rx = tool(boxes[2].name, "tcp-recv", "5001")
-    wait_listening(rx)
-    tx = tool(boxes[0].name, "tcp-send", str(boxes[2].ip), "5001", "200")
-    sent, _ = tx.communicate(timeout=180)
-    got, _ = rx.communicate(timeout=30)
-    assert sent.split() == got.split() and sent.split()[0] == str(200 << 20)
+    tcp_hashed(boxes[0], boxes[2], boxes[2].ip, 200, timeout=180)
     # UDP of mixed sizes, up to and beyond the MTU (inner fragments), each datagram checks its digest
-    rx = tool(boxes[1].name, "udp-recv", "6000", "6")
-    wait_listening(rx)
     sizes = ["8", "64", "200", "1000", "1443", "1444", "1472", "3000", "8000", "20000"]
-    tx = tool(boxes[0].name, "udp-send", str(boxes[1].ip), "6000", "2000", *sizes)
-    tx.communicate(timeout=60)
-    result = json.loads(rx.communicate(timeout=30)[0])
-    assert result == {"received": 2000, "corrupt": 0}
+    result = udp_digested(boxes[0], boxes[1], boxes[1].ip, 2000, sizes, 6)
+    # (lost 23 of 2000 in 2 of ~40 runs in session 5, never since: the counters say where, if again)
+    assert result == {"received": 2000, "corrupt": 0}, (stats(c, 1), stats(c, 2))
     s = stats(c, 1)
     assert s["offloads"] == {"tun-tso": True, "udp-gso": True, "udp-gro": True}
     assert all(v == 0 for k, v in s["drops"].items() if k != "tx/no_route"), s["drops"]
@@ -105,12 +116,7 @@ def test_one_thread_for_both_directions_is_a_setting(make_cluster):
     a, b = c.add_container(1), c.add_container(2)
     assert fp_threads(c, 1) == ["netd-fp"]
     assert "one thread for both directions" in c.netd_log(1)
-    rx = tool(b.name, "tcp-recv", "5001")
-    wait_listening(rx)
-    tx = tool(a.name, "tcp-send", str(b.ip), "5001", "20")
-    sent, _ = tx.communicate(timeout=60)
-    got, _ = rx.communicate(timeout=30)
-    assert sent.split() == got.split() and sent.split()[0] == str(20 << 20)
+    tcp_hashed(a, b, b.ip, 20, timeout=60)
     # a restart with the default re-attaches in the other layout (the cached one is not adopted)
     c.stop_netd(1)
     c.start_netd(1)
@@ -254,18 +260,10 @@ def test_dual_stack_ipv6_inner_packets_pass_every_way_intact_and_spoofed_ones_ar
                 assert c.can_ping(src, dst.ip6), f"{src.name} -> {dst.ip6}"
                 assert c.can_ping(src, dst.ip), f"{src.name} -> {dst.ip}"
     # 20 MB of TCP over IPv6 (the kernel cuts it to MTU-sized packets before the TUN: no TSO6)
-    rx = tool(boxes[2].name, "tcp-recv", "5001")
-    wait_listening(rx)
-    tx = tool(boxes[0].name, "tcp-send", str(boxes[2].ip6), "5001", "20")
-    sent, _ = tx.communicate(timeout=120)
-    got, _ = rx.communicate(timeout=30)
-    assert sent.split() == got.split() and sent.split()[0] == str(20 << 20)
+    tcp_hashed(boxes[0], boxes[2], boxes[2].ip6, 20, timeout=120)
     # UDP over IPv6 of mixed sizes, beyond the MTU too (IPv6 fragments)
-    rx = tool(boxes[1].name, "udp-recv", "6000", "5")
-    wait_listening(rx)
-    tx = tool(boxes[0].name, "udp-send", str(boxes[1].ip6), "6000", "500", "8", "1000", "1400", "1452", "3000")
-    tx.communicate(timeout=60)
-    assert json.loads(rx.communicate(timeout=30)[0]) == {"received": 500, "corrupt": 0}
+    sizes = ["8", "1000", "1400", "1452", "3000"]
+    assert udp_digested(boxes[0], boxes[1], boxes[1].ip6, 500, sizes, 5) == {"received": 500, "corrupt": 0}
     drops = stats(c, 1)["drops"]
     assert {k: v for k, v in drops.items() if v} == {}
     # spoofing: host 3 claims host 2's IPv6 subnet

@@ -229,7 +229,7 @@ class Agent:
         backend = self.backend
         await self._on_dataplane(backend.configure_own, own)
         # a dual-stack key from an earlier EnableIPv6 run carries no IPv6 routes once it is off
-        dp_own = own if cfg.ipv6 else dataclasses.replace(own, ipv6_subnet=None)
+        dp_own = own if ipv6 else dataclasses.replace(own, ipv6_subnet=None)
         desired, skipped = desired_state(backend.name, dp_own, leases)
         plan = plan_dataplane(desired, await self._on_dataplane(backend.observe))
         errors: list[str] = []
