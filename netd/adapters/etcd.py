@@ -18,7 +18,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import aetcd
 import aetcd.exceptions as aexc
@@ -30,7 +29,7 @@ import grpc
 
 from netd.adapters.registry import Snapshot, SubnetEvent
 from netd.errors import CompactedError, ConfigError, ConflictError, RegistryUnavailable
-from netd.model import Lease, LeaseAttrs, format_subnet_key, parse_lease_key, parse_subnet_key
+from netd.model import Lease, LeaseAttrs, flags, format_subnet_key, parse_lease_key, parse_subnet_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -80,21 +79,10 @@ class EtcdTLS:
 
 def parse_endpoints(spec: str) -> list[tuple[str, int, bool]]:
     """``http://10.0.0.1:2379,https://h:2379`` -> [(host, port, tls)]; ConfigError if malformed."""
-    out = []
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        url = urlsplit(item if "://" in item else f"http://{item}")
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ConfigError(f"expected http(s)://host:port, found {item!r}", "--etcd-endpoints")
-        try:
-            port = url.port or 2379
-        except ValueError as exc:
-            raise ConfigError(f"bad port in {item!r}", "--etcd-endpoints") from exc
-        out.append((url.hostname, port, url.scheme == "https"))
-    if not out:
-        raise ConfigError("no endpoint given", "--etcd-endpoints")
-    return out
+    try:
+        return flags.parse_endpoints(spec)
+    except ValueError as exc:
+        raise ConfigError(str(exc), "--etcd-endpoints") from exc
 
 
 class _Client(aetcd.Client):

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from netd import __version__
 from netd.adapters.files import route_cache_path
-from netd.cli.common import add_etcd_flags, config_key, env_bool, env_default, make_registry, setup_logging
+from netd.cli.common import FlagParser, add_etcd_flags, add_flag, arg_type, config_key, make_registry, setup_logging
 from netd.errors import ConfigError, NetdError
+from netd.model.flags import parse_duration, parse_ip, parse_ipv4, parse_log_level, parse_port, parse_seconds
 
 # Everything slow to import (pyroute2, grpc) is imported in run(), after the udp fast path has
 # re-attached from its route cache: a restart then pauses traffic for as little as possible.
@@ -24,52 +25,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("netd")
 
 
-def parse_duration(text: str) -> int:
-    """``24h``, ``30m``, ``90s`` or plain seconds -> seconds."""
-    text = str(text).strip()
-    units = {"h": 3600, "m": 60, "s": 1}
-    try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 24h, 30m or 90s, found {text!r}") from exc
-
-
-def thread_layout(value: str) -> int:
-    if value.strip() not in ("1", "2"):
-        raise argparse.ArgumentTypeError(f"must be 1 or 2, not {value!r}")
-    return int(value)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="netd", description="netd agent: leases a subnet and routes the overlay")
+def build_parser() -> FlagParser:
+    p = FlagParser(prog="netd", description="netd agent: leases a subnet and routes the overlay",
+                   epilog="Every flag is also an environment variable NETD_<FLAG> (e.g. NETD_HEALTHZ_PORT); "
+                          "the command line wins. A bad value is refused at start, naming the flag or variable.")
     add_etcd_flags(p)
-    p.add_argument("--iface", default=env_default("--iface", None),
-                   help="interface (name or address) for inter-host traffic (default: the default route's)")
-    p.add_argument("--public-ip", default=env_default("--public-ip", None),
-                   help="IP other hosts reach this one at (default: --iface's address)")
-    p.add_argument("--subnet-file", default=env_default("--subnet-file", "/run/flannel/subnet.env"),
-                   help="where to write subnet.env (default %(default)s)")
-    p.add_argument("--ip-masq", action="store_true", default=env_bool("--ip-masq"),
-                   help="masquerade traffic leaving the cluster network (nftables table ip netd)")
-    p.add_argument("--subnet-lease-ttl", type=parse_duration, default=env_default("--subnet-lease-ttl", "24h"),
-                   help="TTL of the subnet lease in etcd (default %(default)s)")
-    p.add_argument("--healthz-ip", default=env_default("--healthz-ip", "0.0.0.0"))
-    p.add_argument("--healthz-port", type=int, default=int(env_default("--healthz-port", 0)),
-                   help="serve /healthz, /readyz and /metrics here (0: off)")
-    p.add_argument("--resync-interval", type=float, default=float(env_default("--resync-interval", 5.0)),
-                   help="seconds between full reconciles (default %(default)s)")
-    p.add_argument("--udp-offloads", choices=["auto", "off"], default=env_default("--udp-offloads", "auto"),
-                   help="udp backend: use TSO/GSO/GRO where the kernel has them, or force plain mode")
-    # a string default goes through `type` too, so a bad NETD_UDP_THREADS is refused like a bad flag
-    p.add_argument("--udp-threads", type=thread_layout, default=env_default("--udp-threads", "2"), metavar="{2,1}",
-                   help="udp backend: forwarding threads. 2 (default) gives each direction its own thread; "
-                        "1 serves both, as flannel does: less CPU per byte, less throughput")
-    p.add_argument("--state-dir", default=env_default("--state-dir", "/run/netd"),
-                   help="where netd caches state for fast restarts (default %(default)s)")
-    p.add_argument("--log-format", choices=["text", "json"], default=env_default("--log-format", "text"))
-    p.add_argument("--log-level", default=env_default("--log-level", "info"))
+    add_flag(p, "--iface", default=None,
+             help="interface (name or address) for inter-host traffic (default: the default route's)")
+    add_flag(p, "--public-ip", type=arg_type(parse_ipv4), default=None,
+             help="IP other hosts reach this one at (default: --iface's address)")
+    add_flag(p, "--subnet-file", default="/run/flannel/subnet.env",
+             help="where to write subnet.env (default %(default)s)")
+    add_flag(p, "--ip-masq", action="store_true", default=False,
+             help="masquerade traffic leaving the cluster network (nftables table ip netd)")
+    add_flag(p, "--subnet-lease-ttl", type=arg_type(parse_duration), default="24h",
+             help="TTL of the subnet lease in etcd (default %(default)s)")
+    add_flag(p, "--healthz-ip", type=arg_type(parse_ip), default="0.0.0.0")
+    add_flag(p, "--healthz-port", type=arg_type(parse_port), default=0,
+             help="serve /healthz, /readyz and /metrics here (0: off)")
+    add_flag(p, "--resync-interval", type=arg_type(parse_seconds), default=5.0,
+             help="seconds between full reconciles (default %(default)s)")
+    add_flag(p, "--udp-offloads", choices=["auto", "off"], default="auto",
+             help="udp backend: use TSO/GSO/GRO where the kernel has them, or force plain mode")
+    add_flag(p, "--udp-threads", type=int, choices=[2, 1], default=2,
+             help="udp backend: forwarding threads. 2 (default) gives each direction its own thread; "
+                  "1 serves both, as flannel does: less CPU per byte, less throughput")
+    add_flag(p, "--state-dir", default="/run/netd",
+             help="where netd keeps its lock and caches state for fast restarts (default %(default)s)")
+    add_flag(p, "--log-format", choices=["text", "json"], default="text")
+    add_flag(p, "--log-level", type=arg_type(parse_log_level), default="info",
+             help="debug, info, warning, error (default %(default)s)")
     p.add_argument("--version", action="version", version=f"netd {__version__}")
     return p
 

@@ -1,4 +1,4 @@
-"""Flag plumbing shared by netd and netctl: every flag also reads NETD_<FLAG> from the environment."""
+"""Flag plumbing shared by netd and netctl: typed flags that also read NETD_<FLAG> from the environment."""
 
 from __future__ import annotations
 
@@ -8,33 +8,95 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from netd.model.flags import env_name, parse_bool, parse_endpoints
 
 if TYPE_CHECKING:
     from netd.adapters.etcd import EtcdRegistry
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/coreos.com/network"
+_UNSET = object()
 
 
-def env_default(flag: str, default: Any) -> Any:
-    """NETD_ETCD_ENDPOINTS for --etcd-endpoints, and so on."""
-    return os.environ.get("NETD_" + flag.lstrip("-").replace("-", "_").upper(), default)
+def arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A netd.model.flags parser as an argparse type: its ValueError becomes argparse's message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
-def env_bool(flag: str) -> bool:
-    return str(env_default(flag, "false")).lower() in ("1", "true", "yes", "on")
+def add_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, *names: str, env: str | None = None,
+             **kw: Any) -> argparse.Action:
+    """An option that also reads an environment variable (NETD_<FLAG> unless ``env`` names another).
+
+    The parser must be a FlagParser: it gives the variable's value the option's type, choices and
+    boolean spelling, and refuses a bad one naming the variable."""
+    action = p.add_argument(*names, **kw)
+    long = next((n for n in names if n.startswith("--")), names[0])
+    action.env_var = env or env_name(long)  # type: ignore[attr-defined]
+    return action
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse, plus: an option added with add_flag that is not on the command line takes its
+    environment variable, parsed exactly as the option's own text would be (type, choices; for a
+    switch: 1/true/yes/on or 0/false/no/off). An empty variable counts as unset. Subcommands made
+    with add_subparsers are FlagParsers too."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        flags = [a for a in self._actions if getattr(a, "env_var", None)]
+        saved = [(a, a.default) for a in flags]
+        for a in flags:
+            a.default = _UNSET  # tells "not given" apart from "given as the default"
+        try:
+            ns, rest = super().parse_known_args(args, namespace)
+        finally:
+            for a, default in saved:
+                a.default = default
+        for a, default in saved:
+            if getattr(ns, a.dest, _UNSET) is _UNSET:
+                setattr(ns, a.dest, self._from_env(a, default))
+        return ns, rest
+
+    def _from_env(self, a: argparse.Action, default: Any) -> Any:
+        name: str = a.env_var  # type: ignore[attr-defined]
+        raw = os.environ.get(name, "")
+        if not raw.strip():
+            return a.type(default) if isinstance(default, str) and callable(a.type) else default
+        try:
+            if isinstance(a, argparse._StoreTrueAction):
+                return parse_bool(raw)
+            value = a.type(raw) if callable(a.type) else raw
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            self.error(f"{name}={raw!r}: {exc}")
+        if a.choices is not None and value not in a.choices:
+            self.error(f"{name}={raw!r}: expected one of {', '.join(map(str, a.choices))}")
+        return value
 
 
 def add_etcd_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("etcd")
-    g.add_argument("--etcd-endpoints", default=env_default("--etcd-endpoints", DEFAULT_ENDPOINTS),
-                   help="comma-separated etcd URLs (default %(default)s)")
-    g.add_argument("--etcd-prefix", default=env_default("--etcd-prefix", DEFAULT_PREFIX),
-                   help="flannel key prefix (default %(default)s)")
-    g.add_argument("--etcd-cafile", default=env_default("--etcd-cafile", None), help="CA for etcd's TLS cert")
-    g.add_argument("--etcd-certfile", default=env_default("--etcd-certfile", None), help="client TLS cert")
-    g.add_argument("--etcd-keyfile", default=env_default("--etcd-keyfile", None), help="client TLS key")
+    add_flag(g, "--etcd-endpoints", default=DEFAULT_ENDPOINTS, type=arg_type(checked_endpoints),
+             help="comma-separated etcd URLs (default %(default)s)")
+    add_flag(g, "--etcd-prefix", default=DEFAULT_PREFIX, help="flannel key prefix (default %(default)s)")
+    add_flag(g, "--etcd-cafile", default=None, help="CA for etcd's TLS cert")
+    add_flag(g, "--etcd-certfile", default=None, help="client TLS cert")
+    add_flag(g, "--etcd-keyfile", default=None, help="client TLS key")
+
+
+def checked_endpoints(spec: str) -> str:
+    """--etcd-endpoints stays text (EtcdRegistry parses it); here it is only checked."""
+    parse_endpoints(spec)
+    return spec
 
 
 def config_key(prefix: str) -> str:

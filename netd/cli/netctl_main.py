@@ -10,14 +10,15 @@ import urllib.request
 from typing import Any
 
 from netd.adapters.etcd import EtcdRegistry
-from netd.cli.common import add_etcd_flags, config_key, env_default, make_registry
+from netd.cli.common import FlagParser, add_etcd_flags, add_flag, config_key, make_registry
 from netd.errors import ConfigError, NetdError
 from netd.model import parse_network_config
 from netd.model.config import BACKEND_DEFAULTS, network_config_from_json
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="netctl", description="operate a netd cluster")
+def build_parser() -> FlagParser:
+    p = FlagParser(prog="netctl", description="operate a netd cluster",
+                   epilog="The etcd flags are also environment variables (NETD_ETCD_ENDPOINTS, ...), as for netd.")
     add_etcd_flags(p)
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     leases.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     stats = sub.add_parser("stats", help="the udp fast path's counters of the local netd (from its /metrics)")
-    stats.add_argument("--url", default=env_default("--stats-url", "http://127.0.0.1:9180/metrics"),
-                       help="netd's metrics URL (default %(default)s)")
+    add_flag(stats, "--url", env="NETD_STATS_URL", default="http://127.0.0.1:9180/metrics",
+             help="netd's metrics URL (default %(default)s; also NETD_STATS_URL)")
     stats.add_argument("-o", "--output", choices=["table", "json"], default="table")
     return p
 
