@@ -6,13 +6,22 @@
   udp-send IP PORT N SIZES.. send N datagrams of those sizes (cycled) with a digest, print N
   raw-udp IP PORT HEXFILE    send each line of HEXFILE (hex) as one datagram from port 0
   random-udp IP PORT N SEED  send N datagrams of random bytes and random lengths (1..1500)
+  flannel-udp TUN PORT SUBNET=IP...
+                             a flannel udp host's data path: open TUN (IFF_TUN|IFF_NO_PI, as
+                             flannel's proxy does), print "listening", then send each packet read
+                             from it to PORT at the IP leasing its destination, unframed, and write
+                             each datagram received on PORT to the TUN
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import ipaddress
 import json
+import os
 import random
+import select
 import socket
 import struct
 import sys
@@ -131,6 +140,30 @@ def random_udp(ip: str, port: int, n: int, seed: int) -> None:
     print(sent, flush=True)
 
 
+TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
+
+
+def flannel_udp(tun: str, port: int, routes: list[str]) -> None:
+    """flannel's udp proxy (proxy_amd64.c) in its essentials: raw inner packets in UDP, one route
+    per lease (subnet -> PublicIP), no check of who sent a datagram."""
+    table = [(ipaddress.IPv4Network(r.split("=")[0]), r.split("=")[1]) for r in routes]
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", tun.encode(), IFF_TUN | IFF_NO_PI))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    print("listening", flush=True)
+    while True:
+        ready, _, _ = select.select([fd, sock], [], [])
+        if fd in ready:
+            pkt = os.read(fd, 65535)
+            dst = ipaddress.IPv4Address(pkt[16:20]) if len(pkt) >= 20 and pkt[0] >> 4 == 4 else None
+            peer = next((ip for net, ip in table if dst is not None and dst in net), None)
+            if peer is not None:
+                sock.sendto(pkt, (peer, port))
+        if sock in ready:
+            os.write(fd, sock.recv(65535))
+
+
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "tcp-recv":
@@ -145,6 +178,8 @@ def main(argv: list[str]) -> int:
         raw_udp(args[0], int(args[1]), args[2])
     elif cmd == "random-udp":
         random_udp(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "flannel-udp":
+        flannel_udp(args[0], int(args[1]), args[2:])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -30,13 +30,14 @@ from netd.adapters.netlink import Backend
 from netd.adapters.registry import Registry, Snapshot
 from netd.agent.leases import SubnetLeaser
 from netd.agent.metrics import AgentMetrics
-from netd.core.dataplane import desired_state, peer_leases, plan_dataplane
+from netd.core.dataplane import desired_state, plan_dataplane, select_peers
 from netd.core.subnetenv import previous_ipv6_subnet, previous_subnet, render_subnet_env
 from netd.errors import CompactedError, ConfigError, NetdError, RegistryUnavailable
 from netd.model import Lease, LeaseAttrs, NetworkConfig, parse_network_config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+H = TypeVar("H", bound=Hashable)
 
 
 @dataclass
@@ -82,7 +83,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._have_revision = asyncio.Event()
-        self._warned: dict[str, set[str]] = {}
+        self._warned: dict[str, set[Any]] = {}
         # Kernel work (netlink, nft) runs on one thread of its own: pyroute2's sync API cannot
         # run inside an asyncio loop, and one thread keeps dataplane changes serialised.
         self._dataplane = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dataplane")
@@ -214,10 +215,11 @@ class Agent:
         if self.last_revision is None:
             self.last_revision = snap.revision
             self._have_revision.set()
-        self._warn_on_change("invalid", snap.invalid, "ignoring unparseable subnet key %s")
+        for _ in self._warn_on_change("invalid", snap.invalid, "ignoring unparseable subnet key %s"):
+            self.metrics.leases_rejected.labels("unparseable").inc()
 
         own = await self._ensure_lease(cfg, snap)
-        leases = [lease for lease in snap.leases if lease.subnet != own.subnet] + [own]
+        leases = [lease for lease in snap.leases if lease.key != own.key] + [own]
 
         mtu = self.backend.mtu()
         ipv6 = (cfg.ipv6.network, own.ipv6_subnet) if cfg.ipv6 and own.ipv6_subnet else None
@@ -230,7 +232,7 @@ class Agent:
         await self._on_dataplane(backend.configure_own, own)
         # a dual-stack key from an earlier EnableIPv6 run carries no IPv6 routes once it is off
         dp_own = own if ipv6 else dataclasses.replace(own, ipv6_subnet=None)
-        desired, skipped = desired_state(backend.name, dp_own, leases)
+        desired, skipped = desired_state(cfg, backend.name, dp_own, leases)
         plan = plan_dataplane(desired, await self._on_dataplane(backend.observe))
         errors: list[str] = []
         if plan.changes:
@@ -242,11 +244,12 @@ class Agent:
                 len(plan.del_neighbours), len(plan.add_fdb), len(plan.del_fdb),
                 f"; errors: {'; '.join(errors)}" if errors else "",
             )
-        self._warn_on_change("skipped", skipped, "peer skipped: %s")
+        for rejected in self._warn_on_change("skipped", skipped, "lease not routed to: %s"):
+            self.metrics.leases_rejected.labels(rejected.reason).inc()
         if self.masq is not None and self.opts.ip_masq:
             await self._on_dataplane(self.masq.ensure, cfg.network, own.subnet, ipv6)
 
-        peers = peer_leases(own, leases, self.backend.name)
+        peers, _ = select_peers(cfg, dp_own, leases, backend.name)
         self.metrics.peers.set(len(peers))
         log.debug("sync: lease %s, %d peers, %d changes, revision %s", own.subnet, len(peers), plan.changes,
                   snap.revision)
@@ -259,12 +262,13 @@ class Agent:
                 backend=backend.name, routes=sorted(str(r.dst) for r in desired.routes),
             )
 
-    def _warn_on_change(self, topic: str, items: tuple[str, ...], fmt: str) -> None:
-        """Warn about each item once, when it appears, not on every resync."""
-        new = set(items) - self._warned.get(topic, set())
-        for item in sorted(new):
+    def _warn_on_change(self, topic: str, items: Iterable[H], fmt: str) -> list[H]:
+        """Warn about each item once, when it appears, not on every resync; returns the new ones."""
+        new = sorted(set(items) - self._warned.get(topic, set()))  # type: ignore[type-var]
+        for item in new:
             log.warning(fmt, item)
         self._warned[topic] = set(items)
+        return new
 
     # -- lease -----------------------------------------------------------------------------
     def _wanted_attrs(self) -> LeaseAttrs:

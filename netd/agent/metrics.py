@@ -29,6 +29,10 @@ class AgentMetrics:
         self.reconcile_repairs = Counter("netd_reconcile_repairs",
                                          "Routes, neighbours and FDB entries added or removed", registry=r)
         self.reconcile_errors = Counter("netd_reconcile_errors", "Reconcile iterations that failed", registry=r)
+        self.leases_rejected = Counter("netd_leases_rejected",
+                                       "Leases in etcd not routed to (outside the network, overlapping ours or "
+                                       "another host's, bad BackendData), counted when first seen, by reason",
+                                       ["reason"], registry=r)
         self.etcd_errors = Counter("netd_etcd_errors", "Failed etcd calls, by operation", ["op"], registry=r)
         self._dataplane_stats: Callable[[], dict[str, int]] | None = None
         self._dataplane_features: Callable[[], set[str]] | None = None

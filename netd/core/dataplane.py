@@ -8,6 +8,7 @@ as a /32; for each peer lease (BackendType vxlan, BackendData.VtepMAC):
 host-gw: for each peer lease, a route <peer subnet> via <peer PublicIP> on the underlay link.
 udp: the same pairs, as the C fast path's route table (subnet -> peer PublicIP:Port), and on a
 dual-stack network (our lease has an IPv6 subnet) each peer's IPv6 subnet -> its PublicIP too.
+Which leases are peers at all is select_peers: only well-formed subnets of the cluster network.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from netd.model import Lease
+from netd.model import Lease, NetworkConfig
 
 IPv4 = ipaddress.IPv4Address
 Net4 = ipaddress.IPv4Network
@@ -73,18 +74,81 @@ class DataplanePlan:
         )
 
 
-def peer_leases(own: Lease, leases: Iterable[Lease], backend_type: str) -> list[Lease]:
-    """Leases of other hosts that use our backend type (flannel ignores the others)."""
-    return sorted(
-        (
-            lease
-            for lease in leases
-            if lease.subnet != own.subnet
-            and lease.attrs.public_ip != own.attrs.public_ip
-            and lease.attrs.backend_type == backend_type
-        ),
-        key=lambda lease: lease.subnet,
-    )
+#: Why a lease was not taken as a peer (the label of netd_leases_rejected_total).
+OUTSIDE_NETWORK = "outside_network"
+OVERLAPS_OWN = "overlaps_own"
+CONFLICT = "conflict"
+BAD_BACKEND_DATA = "bad_backend_data"
+
+
+@dataclass(frozen=True, order=True)
+class Skipped:
+    """A lease that is not routed to, and why: ``reason`` is one of the labels above."""
+
+    key: str
+    reason: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.detail}"
+
+
+def peer_backend_matches(backend_type: str, lease_backend: str) -> bool:
+    """Whether a lease of ``lease_backend`` is a peer for our backend. flannel's udp backend writes
+    no BackendType at all (its LeaseAttrs carry PublicIP only), so on a udp network a lease without
+    one is a udp peer; otherwise the types must match, as flannel's vxlan and host-gw require."""
+    return lease_backend == backend_type or (backend_type == "udp" and lease_backend == "")
+
+
+def _fits(subnet: Net | None, network: Net, subnet_len: int) -> bool:
+    return subnet is not None and subnet.version == network.version and subnet.prefixlen == subnet_len \
+        and subnet.subnet_of(network)  # type: ignore[arg-type]
+
+
+def select_peers(cfg: NetworkConfig, own: Lease, leases: Iterable[Lease],
+                 backend_type: str) -> tuple[list[Lease], list[Skipped]]:
+    """The other hosts' leases we route to, in subnet order, and the ones refused, with why.
+
+    A peer is a lease of our backend type (peer_backend_matches) whose subnet is a /SubnetLen
+    inside Network (and, when we are dual-stack, whose IPv6 subnet is a /IPv6SubnetLen inside
+    IPv6Network) and overlaps neither our own subnets nor another host's: a key for the whole
+    network, a foreign network or our own subnet, written into etcd by a buggy tool or anyone with
+    write access, must never become a route on every host. Two hosts claiming one subnet (e.g. a
+    v4-only and a dual-stack key) are both refused: choosing one would be a coin toss.
+    """
+    candidates: list[Lease] = []
+    skipped: list[Skipped] = []
+    v6 = cfg.ipv6 if own.ipv6_subnet is not None else None
+    for lease in leases:
+        if lease.attrs.public_ip == own.attrs.public_ip or not peer_backend_matches(backend_type,
+                                                                                    lease.attrs.backend_type):
+            continue  # ours (also a stale key of ours), or a host of another backend (flannel ignores those)
+        if not _fits(lease.subnet, cfg.network, cfg.subnet_len):
+            skipped.append(Skipped(lease.key, OUTSIDE_NETWORK,
+                                   f"{lease.subnet} is not a /{cfg.subnet_len} inside the Network {cfg.network}"))
+        elif v6 is not None and lease.ipv6_subnet is not None and not _fits(lease.ipv6_subnet, v6.network,
+                                                                            v6.subnet_len):
+            skipped.append(Skipped(lease.key, OUTSIDE_NETWORK, f"{lease.ipv6_subnet} is not a /{v6.subnet_len} "
+                                                               f"inside the IPv6Network {v6.network}"))
+        elif lease.subnet == own.subnet or (v6 is not None and lease.ipv6_subnet == own.ipv6_subnet):
+            skipped.append(Skipped(lease.key, OVERLAPS_OWN, f"{lease.attrs.public_ip} claims our own subnet "
+                                                            f"(we hold {own.key})"))
+        else:
+            candidates.append(lease)
+    claims: dict[Net, set[ipaddress.IPv4Address]] = {}
+    for lease in candidates:
+        for subnet in (lease.subnet, lease.ipv6_subnet if v6 is not None else None):
+            if subnet is not None:
+                claims.setdefault(subnet, set()).add(lease.attrs.public_ip)
+    peers: dict[Net, Lease] = {}
+    for lease in sorted(candidates, key=lambda lease: (lease.subnet, lease.ipv6_subnet is None, lease.key)):
+        rivals = set().union(*(claims.get(s, set()) for s in (lease.subnet, lease.ipv6_subnet) if s is not None))
+        if len(rivals) > 1:
+            hosts = ", ".join(sorted(str(ip) for ip in rivals))
+            skipped.append(Skipped(lease.key, CONFLICT, f"its subnet is claimed by several hosts ({hosts})"))
+        else:
+            peers.setdefault(lease.subnet, lease)  # one host's two keys (a rename to dual stack): the dual one
+    return list(peers.values()), sorted(skipped)
 
 
 def normalise_mac(mac: object) -> str | None:
@@ -97,18 +161,18 @@ def normalise_mac(mac: object) -> str | None:
 
 
 def desired_state(
-    backend_type: str, own: Lease, leases: Iterable[Lease]
-) -> tuple[DataplaneState, tuple[str, ...]]:
-    """What the kernel should hold for these peers; second item lists peers skipped and why."""
+    cfg: NetworkConfig, backend_type: str, own: Lease, leases: Iterable[Lease]
+) -> tuple[DataplaneState, tuple[Skipped, ...]]:
+    """What the kernel should hold for these peers; second item lists leases skipped and why."""
     routes: set[Route] = set()
     neighbours: set[Neighbour] = set()
     fdb: set[FdbEntry] = set()
-    skipped: list[str] = []
-    for peer in peer_leases(own, leases, backend_type):
+    peers, skipped = select_peers(cfg, own, leases, backend_type)
+    for peer in peers:
         if backend_type == "vxlan":
             mac = normalise_mac(peer.attrs.backend_data.get("VtepMAC"))
             if mac is None:
-                skipped.append(f"{peer.key}: BackendData.VtepMAC missing or malformed")
+                skipped.append(Skipped(peer.key, BAD_BACKEND_DATA, "BackendData.VtepMAC missing or malformed"))
                 continue
             gw = peer.subnet.network_address
             routes.add(Route(peer.subnet, gw, onlink=True))
@@ -121,8 +185,8 @@ def desired_state(
             if backend_type == "udp" and own.ipv6_subnet is not None and peer.ipv6_subnet is not None:
                 routes.add(Route(peer.ipv6_subnet, peer.attrs.public_ip))
         else:
-            skipped.append(f"{peer.key}: backend {backend_type!r} has no kernel routes")
-    return DataplaneState(frozenset(routes), frozenset(neighbours), frozenset(fdb)), tuple(skipped)
+            skipped.append(Skipped(peer.key, BAD_BACKEND_DATA, f"backend {backend_type!r} has no kernel routes"))
+    return DataplaneState(frozenset(routes), frozenset(neighbours), frozenset(fdb)), tuple(sorted(skipped))
 
 
 def plan_dataplane(desired: DataplaneState, actual: DataplaneState) -> DataplanePlan:

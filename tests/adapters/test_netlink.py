@@ -32,7 +32,7 @@ def test_vxlan_backend_converges_and_repairs(ns):
         backend.configure_own(own)
         peers = [own, lease("10.5.2.0/24", "10.250.0.2", "vxlan", "0e:00:00:00:00:02"),
                  lease("10.5.3.0/24", "10.250.0.3", "vxlan", "0e:00:00:00:00:03")]
-        desired, _ = desired_state("vxlan", own, peers)
+        desired, _ = desired_state(cfg, "vxlan", own, peers)
         assert backend.apply(plan_dataplane(desired, backend.observe())) == []
         assert backend.observe() == desired
         assert plan_dataplane(desired, backend.observe()).changes == 0
@@ -40,7 +40,7 @@ def test_vxlan_backend_converges_and_repairs(ns):
                               text=True).stdout
         assert "10.5.1.0/32" in addr
         # a peer leaves: everything of it goes, nothing else is touched
-        desired2, _ = desired_state("vxlan", own, peers[:2])
+        desired2, _ = desired_state(cfg, "vxlan", own, peers[:2])
         plan = plan_dataplane(desired2, backend.observe())
         assert (len(plan.del_routes), len(plan.del_neighbours), len(plan.del_fdb)) == (1, 1, 1)
         assert backend.apply(plan) == []
@@ -64,7 +64,7 @@ def test_host_gw_backend_routes_via_public_ip(ns):
     backend = HostGwBackend(cfg, find_underlay(ipr, "eth0", None), ipr)
     try:
         own = lease("10.5.1.0/24", "10.250.0.1", "host-gw")
-        desired, _ = desired_state("host-gw", own, [own, lease("10.5.2.0/24", "10.250.0.2", "host-gw")])
+        desired, _ = desired_state(cfg, "host-gw", own, [own, lease("10.5.2.0/24", "10.250.0.2", "host-gw")])
         assert backend.apply(plan_dataplane(desired, backend.observe())) == []
         routes = subprocess.run(["ip", "-n", ns, "route", "show", "proto", "101"], capture_output=True,
                                 text=True).stdout
