@@ -27,10 +27,12 @@ class Outcome:
     round_trips: int
 
 
-async def race(endpoint: str, prefix: str, config: str, n: int, seed: int = 1) -> list[Outcome]:
+async def race(endpoint: str, prefix: str, config: str, n: int, seed: int = 1,
+               configs: list[str] | None = None) -> list[Outcome]:
     """Write ``config``, then let ``n`` acquirers race, each on its own etcd connection (as
-    separate hosts would be), so each one's RPC count is exact."""
-    cfg = parse_network_config(config)
+    separate hosts would be), so each one's RPC count is exact. ``configs``: the config each
+    acquirer acts on, where they differ (hosts that read the config at different times)."""
+    cfgs = [parse_network_config(c) for c in (configs or [config] * n)]
     connections = [EtcdRegistry(endpoint, prefix=prefix, timeout=30) for _ in range(n)]
     await connections[0].put_config(config.encode())
     start = asyncio.Event()
@@ -39,6 +41,7 @@ async def race(endpoint: str, prefix: str, config: str, n: int, seed: int = 1) -
         reg = connections[i]
         ip = ipaddress.IPv4Address(int(ipaddress.IPv4Address("198.18.0.1")) + i)
         leaser = SubnetLeaser(reg, ip, 600, random.Random(seed * 100_000 + i))
+        cfg = cfgs[i]
         attrs = LeaseAttrs(ip, cfg.backend.type, {})
         await start.wait()
         t0 = time.perf_counter()

@@ -63,3 +63,17 @@ def test_enable_ipv6_renames_our_lease_under_a_dual_stack_key(etcd_server, uniqu
             await reg.close()
 
     asyncio.run(main())
+
+
+def test_racing_acquirers_of_both_key_forms_never_hold_one_ipv4_subnet_twice(etcd_server, unique_prefix):
+    """Half the hosts lease v4-only keys, half dual-stack keys, for 30 subnets (40 hosts): create-
+    if-absent guards every key form of an IPv4 subnet, so each one is under one key at most."""
+    v4 = '{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.30.0","Backend":{"Type":"udp"}}'
+    dual = v4[:-1] + ',"EnableIPv6":true,"IPv6Network":"fd00:5::/48"}'
+    outcomes = asyncio.run(race(etcd_server.endpoint, unique_prefix, v4, 40, configs=[v4, dual] * 20))
+    won = [o.lease for o in outcomes if o.lease]
+    assert len(won) == 30 and len([o for o in outcomes if o.error]) == 10
+    assert {x.ipv6_subnet is None for x in won} == {True, False}
+    listed = etcd_server.etcdctl("get", "--prefix", "--keys-only", f"{unique_prefix}/subnets/").split()
+    ipv4 = [key.rsplit("/", 1)[1].split("&")[0] for key in listed]
+    assert len(ipv4) == 30 and len(set(ipv4)) == 30, sorted(ipv4)

@@ -213,17 +213,25 @@ class EtcdRegistry:
         got = await self._call("list subnets", lambda c: c.get_prefix(self._subnets_prefix))
         return self._snapshot([kv for kv in got], got.header.revision)
 
-    async def _cas(self, key: bytes, compare: Any, value: bytes, lease_id: int, what: str) -> tuple[bool, Any]:
+    async def _cas(self, key: bytes, compare: list[Any], value: bytes, lease_id: int,
+                   what: str, delete: bytes | None = None) -> tuple[bool, Any]:
         range_end = autils.prefix_range_end(self._subnets_prefix)
+        extra = [atx.Delete(delete)] if delete is not None else []
 
         async def txn(c: _Client) -> Any:
             return await c.transaction(
-                compare=[compare],
-                success=[atx.Put(key, value, lease_id), atx.Get(key)],
+                compare=compare,
+                success=[atx.Put(key, value, lease_id), atx.Get(key), *extra],
                 failure=[atx.Get(self._subnets_prefix, range_end)],
             )
 
         return await self._call(what, txn)
+
+    def _no_other_key_form(self, subnet: ipaddress.IPv4Network) -> list[Any]:
+        """Compares that hold when no key but the v4-only name of ``subnet`` names it: none in
+        ["10.5.9.0-24&", "10.5.9.0-24'"), the dual-stack names ('&' + 1 is "'")."""
+        v4_key = self._key(subnet)
+        return [atx.Version(v4_key + b"&", range_end=v4_key + b"'") == 0]
 
     def _conflict_snapshot(self, responses: Any) -> Snapshot:
         items = responses[0] if responses else []
@@ -246,7 +254,9 @@ class EtcdRegistry:
             lease_id = spare[1] if spare is not None and spare[0] == ttl else await self._grant(ttl)
             if spare is not None and spare[0] != ttl:
                 asyncio.get_running_loop().create_task(self._revoke_quietly(spare[1]))
-        compare = atx.Version(key) == 0
+        # Create-if-absent for every key form that names this IPv4 subnet: one compare on the exact
+        # name would let a v4-only and a dual-stack key win one subnet.
+        compare = [atx.Version(self._key(subnet)) == 0, *self._no_other_key_form(subnet)]
         try:
             ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "create subnet")
         except RegistryUnavailable:
@@ -262,7 +272,7 @@ class EtcdRegistry:
     async def update_subnet(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         key = self._key(current.subnet, current.ipv6_subnet)
         lease_id = current.lease_id if ttl is None else await self._grant(ttl)
-        compare = atx.Mod(key) == current.mod_revision
+        compare = [atx.Mod(key) == current.mod_revision]
         ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "update subnet")
         if not ok:
             snap = self._conflict_snapshot(responses)
@@ -272,6 +282,20 @@ class EtcdRegistry:
                 f"subnet {current.subnet} changed: expected mod_revision {current.mod_revision}, found {found}",
                 current=snap,
             )
+        return self._lease_from_kv(responses[1][0][1])
+
+    async def rename_subnet(self, current: Lease, ipv6_subnet: ipaddress.IPv6Network, attrs: LeaseAttrs,
+                            ttl: int) -> Lease:
+        key = self._key(current.subnet, ipv6_subnet)
+        old = self._key(current.subnet, current.ipv6_subnet)
+        compare = [atx.Mod(old) == current.mod_revision, *self._no_other_key_form(current.subnet)]
+        lease_id = await self._grant(ttl) if ttl > 0 else 0
+        ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "rename subnet", delete=old)
+        if not ok:
+            if lease_id:
+                self._spare = (ttl, lease_id)
+            raise ConflictError(f"subnet {current.subnet} changed or is held under another key since it was read",
+                                current=self._conflict_snapshot(responses))
         return self._lease_from_kv(responses[1][0][1])
 
     async def delete_subnet(

@@ -108,7 +108,8 @@ class MemoryRegistry:
     ) -> Lease:
         self._tick()
         key = format_subnet_key(subnet, ipv6_subnet)
-        if key in self._subnets:
+        v4_key = format_subnet_key(subnet)
+        if any(k == v4_key or k.startswith(v4_key + "&") for k in self._subnets):  # every key form of it
             raise ConflictError(f"subnet {subnet} is already held", current=self._snapshot())
         return self._put(key, attrs, self._grant(ttl) if ttl > 0 else 0)
 
@@ -124,6 +125,18 @@ class MemoryRegistry:
             )
         lease_id = entry.lease_id if ttl is None else self._grant(ttl)
         return self._put(key, attrs, lease_id)
+
+    async def rename_subnet(self, current: Lease, ipv6_subnet: ipaddress.IPv6Network, attrs: LeaseAttrs,
+                            ttl: int) -> Lease:
+        self._tick()
+        entry = self._subnets.get(current.key)
+        prefix = format_subnet_key(current.subnet) + "&"
+        if entry is None or entry.mod_revision != current.mod_revision or any(
+                k.startswith(prefix) for k in self._subnets if k != current.key):
+            raise ConflictError(f"subnet {current.subnet} changed or is held under another key since it was read",
+                                current=self._snapshot())
+        self._delete(current.key)
+        return self._put(format_subnet_key(current.subnet, ipv6_subnet), attrs, self._grant(ttl) if ttl > 0 else 0)
 
     async def delete_subnet(
         self, subnet: ipaddress.IPv4Network, ipv6_subnet: ipaddress.IPv6Network | None = None

@@ -1,8 +1,10 @@
 """The Registry role: where leases and the network config live (etcd, or memory in tests).
 
 Contract (proven for every implementation by tests/contract):
-  * ``create_subnet`` is create-if-absent; a lost race raises ConflictError, whose ``current``
-    is a fresh Snapshot when the implementation could read it in the same round trip;
+  * ``create_subnet`` is create-if-absent over every key form naming the IPv4 subnet (the v4-only
+    ``10.5.9.0-24`` and any dual-stack ``10.5.9.0-24&...``): a lost race raises ConflictError,
+    whose ``current`` is a fresh Snapshot when the implementation could read it in the same round
+    trip; ``rename_subnet`` is one atomic step under the same guard;
   * ``update_subnet`` is compare-and-swap on the key's mod_revision; a lost race raises
     ConflictError; it never writes a key that changed since it was read;
   * a key bound to an etcd lease disappears when the lease expires or is revoked, and the
@@ -61,6 +63,13 @@ class Registry(Protocol):
     async def update_subnet(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         """CAS on ``current.mod_revision``. ttl=None keeps the key's lease (or reservation);
         otherwise the key is bound to a newly granted lease of that TTL."""
+        ...
+
+    async def rename_subnet(self, current: Lease, ipv6_subnet: ipaddress.IPv6Network, attrs: LeaseAttrs,
+                            ttl: int) -> Lease:
+        """Our v4-only key ``current`` becomes the dual-stack key naming ``ipv6_subnet`` too, in
+        one step (EnableIPv6 turned on): CAS on ``current.mod_revision``, and no other key may
+        name the IPv4 subnet; the new key is bound to a new lease of ``ttl``."""
         ...
 
     async def delete_subnet(

@@ -73,10 +73,10 @@ class SubnetLeaser:
     async def _take(self, choice: SubnetChoice, attrs: LeaseAttrs) -> Lease:
         kind, existing = choice.kind, choice.existing
         if existing is not None and kind is ChoiceKind.UPGRADE:
-            # Our lease from before EnableIPv6: the same IPv4 subnet under a dual-stack key, then
-            # the old key goes (peers briefly see both keys, both ours: harmless).
-            lease = await self.registry.create_subnet(choice.subnet, attrs, self.ttl, ipv6_subnet=choice.ipv6_subnet)
-            await self.registry.delete_subnet(existing.subnet, ipv6_subnet=existing.ipv6_subnet)
+            # Our lease from before EnableIPv6: the same IPv4 subnet under a dual-stack key, the old
+            # key deleted in the same transaction.
+            assert choice.ipv6_subnet is not None
+            lease = await self.registry.rename_subnet(existing, choice.ipv6_subnet, attrs, self.ttl)
             log.info("renamed lease %s to %s (EnableIPv6)", existing.key, lease.key)
             return lease
         if existing is not None and kind is ChoiceKind.RESERVATION:

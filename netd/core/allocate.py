@@ -16,7 +16,7 @@ create-if-absent compares one key name, so two hosts taking different IPv4 subne
 randomly chosen IPv6 subnet could both win the same IPv6 subnet; paired, the name follows from
 the IPv4 subnet. (flannel chooses the IPv6 subnet at random, so a flannel host can still race a
 netd host for one.) Our lease from before EnableIPv6 (no IPv6 subnet) keeps its IPv4 subnet under
-a new dual-stack key (UPGRADE; the leaser then deletes the old key). A reservation without an
+a new dual-stack key (UPGRADE; the leaser renames it in one transaction). A reservation without an
 IPv6 subnet is the operator's to fix: ConfigError names it.
 """
 

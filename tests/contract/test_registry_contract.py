@@ -245,3 +245,64 @@ def test_etcd_reports_unparseable_keys(etcd_server, unique_prefix):
         assert len(snap.invalid) == 2 and any("not valid JSON" in x for x in snap.invalid)
 
     asyncio.run(main())
+
+
+V6 = ipaddress.IPv6Network("fd00:0:0:7::/64")
+
+
+def test_create_guards_every_key_form_of_the_ipv4_subnet(subject):
+    """A v4-only key and a dual-stack key name one IPv4 subnet: whichever exists, the other is a
+    conflict, and a neighbour's keys (10.5.70.0/24, 10.5.7.0/25) are not."""
+
+    async def body(reg):
+        await reg.create_subnet(NET, ATTRS, 60)
+        with pytest.raises(ConflictError):
+            await reg.create_subnet(NET, OTHER, 60, ipv6_subnet=V6)
+        await reg.create_subnet(ipaddress.IPv4Network("10.5.70.0/24"), OTHER, 60, ipv6_subnet=V6)
+        await reg.create_subnet(ipaddress.IPv4Network("10.5.7.0/25"), OTHER, 60)
+        other = ipaddress.IPv4Network("10.5.8.0/24")
+        await reg.create_subnet(other, ATTRS, 60, ipv6_subnet=ipaddress.IPv6Network("fd00:0:0:8::/64"))
+        with pytest.raises(ConflictError):
+            await reg.create_subnet(other, OTHER, 60)
+        with pytest.raises(ConflictError):
+            await reg.create_subnet(other, OTHER, 60, ipv6_subnet=ipaddress.IPv6Network("fd00:0:0:9::/64"))
+        assert sorted(x.key for x in (await reg.list_subnets()).leases) == [
+            "10.5.7.0-24", "10.5.7.0-25", "10.5.70.0-24&fd00:0:0:7::-64", "10.5.8.0-24&fd00:0:0:8::-64"]
+
+    run(subject, body)
+
+
+def test_racing_creates_of_both_key_forms_have_one_winner(subject):
+    async def body(reg):
+        async def attempt(i):
+            attrs = LeaseAttrs(ipaddress.IPv4Address(f"192.0.2.{i + 1}"), "udp", {})
+            try:
+                await reg.create_subnet(NET, attrs, 60, ipv6_subnet=ipaddress.IPv6Network(
+                    f"fd00:0:0:{i}::/64") if i % 2 else None)
+                return True
+            except ConflictError:
+                return False
+
+        results = await asyncio.gather(*(attempt(i) for i in range(20)))
+        assert results.count(True) == 1
+        assert len([x for x in (await reg.list_subnets()).leases if x.subnet == NET]) == 1
+
+    run(subject, body)
+
+
+def test_rename_to_dual_stack_is_one_step_and_guarded(subject):
+    async def body(reg):
+        lease = await reg.create_subnet(NET, ATTRS, 60)
+        renamed = await reg.rename_subnet(lease, V6, ATTRS, 60)
+        assert renamed.key == "10.5.7.0-24&fd00:0:0:7::-64" and renamed.lease_id
+        assert [x.key for x in (await reg.list_subnets()).leases] == [renamed.key]
+        with pytest.raises(ConflictError):  # the old key is gone: its revision no longer matches
+            await reg.rename_subnet(lease, V6, ATTRS, 60)
+        other = ipaddress.IPv4Network("10.5.8.0/24")
+        mine = await reg.create_subnet(other, ATTRS, 60)
+        await reg.update_subnet(mine, ATTRS, None)
+        with pytest.raises(ConflictError):  # changed since read
+            await reg.rename_subnet(mine, ipaddress.IPv6Network("fd00:0:0:8::/64"), ATTRS, 60)
+        assert sorted(x.key for x in (await reg.list_subnets()).leases) == [renamed.key, "10.5.8.0-24"]
+
+    run(subject, body)
