@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -416,7 +417,13 @@ void fp_table_free(struct fp_table *t) {
 }
 
 /* ---------------------------------------------------------------- instance ---- */
-enum { HZ_TX, HZ_RX, HZ_TEST, HZ_N };
+/* Hazard slots: one per forwarding direction, and HZ_TESTS for concurrent fp_lookup_loop callers,
+ * each of which claims a slot of its own (test_claimed) for the length of its loop. */
+#define HZ_TESTS 4
+enum { HZ_TX, HZ_RX, HZ_TEST0, HZ_N = HZ_TEST0 + HZ_TESTS };
+
+struct tx_state;
+struct rx_state;
 
 struct fp {
     int tun_fd;
@@ -425,13 +432,37 @@ struct fp {
     int vnet; /* the TUN carries vnet headers */
     _Atomic(struct fp_table *) table;
     _Atomic(struct fp_table *) hazard[HZ_N];
+    atomic_int test_claimed[HZ_TESTS];
     pthread_mutex_t writer; /* serialises fp_set_routes callers, never taken by the threads */
     atomic_int stop;
+    atomic_int tun_error; /* errno of the read/write that found the TUN gone; 0 while it works */
+    atomic_int event_fd;  /* an eventfd of the caller's, written once when the TUN is lost; -1: none */
     int started;
     int threads; /* 1: both directions in one thread; 2: a thread per direction */
     pthread_t tx, rx;
+    struct tx_state *txs; /* the threads' buffers, allocated by fp_start before any thread runs */
+    struct rx_state *rxs;
     fp_stats stats; /* updated with relaxed atomic adds once per batch */
 };
+
+/* A read or write on the TUN failed in a way that retrying cannot mend (the device was deleted:
+ * EBADFD, EIO, ENODEV...). Recorded once, counted, and announced on the caller's eventfd; the
+ * threads then stop polling the TUN (it would report POLLERR at once, forever) until Python
+ * re-creates it, which it does by closing this instance and opening a new one. */
+static int tun_gone(int err) { return err != EAGAIN && err != EINTR && err != ENOBUFS && err != EMSGSIZE && err != EINVAL; }
+
+static void tun_lost(struct fp *fp, int err) {
+    int none = 0;
+    if (!atomic_compare_exchange_strong(&fp->tun_error, &none, err))
+        return;
+    __atomic_fetch_add(&fp->stats.tun_failures, 1, __ATOMIC_RELAXED);
+    int efd = atomic_load(&fp->event_fd);
+    if (efd >= 0) {
+        uint64_t one = 1;
+        ssize_t w = write(efd, &one, sizeof(one));
+        (void)w;
+    }
+}
 
 static struct fp_table *table_acquire(struct fp *fp, int slot) {
     struct fp_table *t;
@@ -465,12 +496,20 @@ int fp_set_routes(struct fp *fp, const fp_route *routes, int n) {
 }
 
 uint64_t fp_lookup_loop(struct fp *fp, uint32_t addr, uint64_t iterations) {
+    int k = 0, free_slot = 0;
+    while (k < HZ_TESTS && !atomic_compare_exchange_strong(&fp->test_claimed[k], &free_slot, 1)) {
+        free_slot = 0;
+        k++;
+    }
+    if (k == HZ_TESTS)
+        return UINT64_MAX; /* more concurrent callers than slots */
     uint64_t misses = 0;
     for (uint64_t i = 0; i < iterations; i++) {
-        struct fp_table *t = table_acquire(fp, HZ_TEST);
+        struct fp_table *t = table_acquire(fp, HZ_TEST0 + k);
         misses += !fp_table_lookup(t, addr, NULL);
-        table_release(fp, HZ_TEST);
+        table_release(fp, HZ_TEST0 + k);
     }
+    atomic_store(&fp->test_claimed[k], 0);
     return misses;
 }
 
@@ -556,12 +595,16 @@ static int wait_writable(int fd) {
     return poll(&p, 1, 10);
 }
 
+/* A full socket is waited for, 10 ms at a time, up to SEND_WAITS times (1 s) per call, and never
+ * once fp_stop was called: the thread holds no route table meanwhile (see tx_lookup). */
+#define SEND_WAITS 100
 static int sink_to_socket(void *ctx, struct mmsghdr *msgs, unsigned n) {
-    int fd = *(int *)ctx, spins = 0;
+    struct fp *fp = ctx;
+    int spins = 0;
     for (;;) {
-        int r = sendmmsg(fd, msgs, n, 0);
-        if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && spins++ < 100) {
-            wait_writable(fd);
+        int r = sendmmsg(fp->udp_fd, msgs, n, 0);
+        if (r < 0 && (errno == EAGAIN || errno == ENOBUFS) && spins++ < SEND_WAITS && !atomic_load(&fp->stop)) {
+            wait_writable(fp->udp_fd);
             continue;
         }
         if (r < 0 && errno == EINTR)
@@ -712,8 +755,25 @@ static int tx_route(const struct fp_table *t, const uint8_t *pkt, size_t len, fp
     return fp_table_lookup(t, ntohl(d), rt);
 }
 
+/* Where TX looks routes up: the threads through their hazard slot, held for the lookup only (the
+ * route is copied out, so no table is held while a full socket is waited for and fp_set_routes
+ * never waits on a sender); the test entry through a table of its own. */
+struct tx_router {
+    struct fp *fp;
+    const struct fp_table *t;
+};
+
+static int tx_lookup(const struct tx_router *r, const uint8_t *pkt, size_t len, fp_route *rt) {
+    if (!r->fp)
+        return tx_route(r->t, pkt, len, rt);
+    struct fp_table *t = table_acquire(r->fp, HZ_TX);
+    int found = tx_route(t, pkt, len, rt);
+    table_release(r->fp, HZ_TX);
+    return found;
+}
+
 /* One frame as read from the TUN (with a vnet header if vnet): route it and queue what it becomes. */
-static void tx_frame(struct txq *q, const struct fp_table *t, int vnet, uint8_t *f, size_t len, fp_stats *st) {
+static void tx_frame(struct txq *q, const struct tx_router *router, int vnet, uint8_t *f, size_t len, fp_stats *st) {
     struct vnet_hdr vh = {0};
     uint8_t *pkt = f;
     size_t plen = len;
@@ -727,7 +787,7 @@ static void tx_frame(struct txq *q, const struct fp_table *t, int vnet, uint8_t 
         plen -= VNET_LEN;
     }
     fp_route rt;
-    int found = tx_route(t, pkt, plen, &rt);
+    int found = tx_lookup(router, pkt, plen, &rt);
     if (found <= 0) {
         if (found < 0)
             st->tx_drop_malformed++;
@@ -792,9 +852,10 @@ int fp_tx_batch(uint8_t *frames, const uint32_t *lens, int n, const fp_route *ro
         return -1;
     }
     memset(st, 0, sizeof(*st));
+    struct tx_router router = {NULL, t};
     size_t off = 0;
     for (int i = 0; i < n; i++) {
-        tx_frame(q, t, 1, frames + off, lens[i], st);
+        tx_frame(q, &router, 1, frames + off, lens[i], st);
         off += lens[i];
     }
     txq_flush(q, st);
@@ -829,20 +890,30 @@ struct tx_state {
     struct txq *q;
 };
 
-static int tx_state_init(struct fp *fp, struct tx_state *s) {
-    s->frame = aligned_alloc(64, FRAME_STRIDE);
-    s->q = txq_new((fp->features & FP_UDP_GSO) != 0, sink_to_socket, &fp->udp_fd);
-    return s->frame && s->q ? 0 : -1;
+static void tx_state_free(struct tx_state *s) {
+    if (s) {
+        free(s->frame);
+        txq_free(s->q);
+    }
+    free(s);
 }
 
-static void tx_state_free(struct tx_state *s) {
-    free(s->frame);
-    txq_free(s->q);
+static struct tx_state *tx_state_new(struct fp *fp) {
+    struct tx_state *s = calloc(1, sizeof(*s));
+    if (s) {
+        s->frame = aligned_alloc(64, FRAME_STRIDE);
+        s->q = txq_new((fp->features & FP_UDP_GSO) != 0, sink_to_socket, fp);
+    }
+    if (!s || !s->frame || !s->q) {
+        tx_state_free(s);
+        return NULL;
+    }
+    return s;
 }
 
 /* Read what the TUN holds (up to TX_BATCH frames) and send it. */
 static void tx_service(struct fp *fp, struct tx_state *s) {
-    struct fp_table *t = table_acquire(fp, HZ_TX);
+    struct tx_router router = {fp, NULL};
     fp_stats st = {0};
     for (int k = 0; k < TX_BATCH; k++) {
         uint8_t *f = s->frame + FRAME_SKEW;
@@ -850,27 +921,28 @@ static void tx_service(struct fp *fp, struct tx_state *s) {
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            break; /* EAGAIN: drained */
+            if (errno != EAGAIN) /* not drained: the TUN is gone (EBADFD once it is deleted) */
+                tun_lost(fp, errno);
+            break;
         }
         st.tun_reads++;
-        tx_frame(s->q, t, fp->vnet, f, (size_t)r, &st);
+        tx_frame(s->q, &router, fp->vnet, f, (size_t)r, &st);
     }
     txq_flush(s->q, &st);
-    table_release(fp, HZ_TX);
     stats_publish(fp, &st);
 }
 
+/* The TUN's fd for poll(), or -1 (poll ignores it) once the TUN is lost: a deleted TUN reports
+ * POLLERR at once on every poll, which would spin the thread. */
+static int tun_pollfd(struct fp *fp) { return atomic_load(&fp->tun_error) ? -1 : fp->tun_fd; }
+
 static void *tx_main(void *arg) {
     struct fp *fp = arg;
-    struct tx_state s;
-    if (tx_state_init(fp, &s) == 0) {
-        while (!atomic_load(&fp->stop)) {
-            struct pollfd p = {fp->tun_fd, POLLIN, 0};
-            if (poll(&p, 1, POLL_MS) > 0)
-                tx_service(fp, &s);
-        }
+    while (!atomic_load(&fp->stop)) {
+        struct pollfd p = {tun_pollfd(fp), POLLIN, 0};
+        if (poll(&p, 1, POLL_MS) > 0)
+            tx_service(fp, fp->txs);
     }
-    tx_state_free(&s);
     return NULL;
 }
 
@@ -1061,13 +1133,15 @@ int fp_rx_coalesce(const uint8_t *pkts, const uint32_t *lens, int n, uint8_t *ou
 
 /* ---------------------------------------------------------------- RX thread ---- */
 static int sink_to_tun(void *ctx, const struct iovec *iov, int n) {
-    int fd = *(int *)ctx;
+    struct fp *fp = ctx;
     for (;;) {
-        ssize_t r = writev(fd, iov, n);
+        ssize_t r = writev(fp->tun_fd, iov, n);
         if (r >= 0)
             return 0;
         if (errno == EINTR)
             continue;
+        if (tun_gone(errno))
+            tun_lost(fp, errno);
         return -errno;
     }
 }
@@ -1148,7 +1222,7 @@ static struct rx_state *rx_state_new(struct fp *fp) {
     s->c->vnet = fp->vnet;
     s->c->tso = fp->vnet && (fp->features & FP_TUN_TSO);
     s->c->sink = sink_to_tun;
-    s->c->ctx = &fp->tun_fd;
+    s->c->ctx = fp;
     return s;
 }
 
@@ -1185,6 +1259,10 @@ static void rx_service(struct fp *fp, struct rx_state *s) {
         struct msghdr *mh = &s->msgs[i].msg_hdr;
         size_t total = s->msgs[i].msg_len;
         size_t gso = total;
+        if (total == 0) { /* carries no packet: counted, as everything received is */
+            st.rx_drop_empty++;
+            continue;
+        }
         if (mh->msg_flags & MSG_TRUNC) {
             st.rx_drop_malformed++;
             continue;
@@ -1218,13 +1296,11 @@ static void rx_service(struct fp *fp, struct rx_state *s) {
 
 static void *rx_main(void *arg) {
     struct fp *fp = arg;
-    struct rx_state *s = rx_state_new(fp);
-    while (s && !atomic_load(&fp->stop)) {
+    while (!atomic_load(&fp->stop)) {
         struct pollfd p = {fp->udp_fd, POLLIN, 0};
         if (poll(&p, 1, POLL_MS) > 0)
-            rx_service(fp, s);
+            rx_service(fp, fp->rxs);
     }
-    rx_state_free(s);
     return NULL;
 }
 
@@ -1236,21 +1312,15 @@ static void *rx_main(void *arg) {
  * stream throughput on an AMD EPYC. So a thread per direction is the default. */
 static void *both_main(void *arg) {
     struct fp *fp = arg;
-    struct tx_state ts;
-    struct rx_state *rs = rx_state_new(fp);
-    if (tx_state_init(fp, &ts) == 0 && rs) {
-        while (!atomic_load(&fp->stop)) {
-            struct pollfd p[2] = {{fp->tun_fd, POLLIN, 0}, {fp->udp_fd, POLLIN, 0}};
-            if (poll(p, 2, POLL_MS) <= 0)
-                continue;
-            if (p[1].revents)
-                rx_service(fp, rs);
-            if (p[0].revents)
-                tx_service(fp, &ts);
-        }
+    while (!atomic_load(&fp->stop)) {
+        struct pollfd p[2] = {{tun_pollfd(fp), POLLIN, 0}, {fp->udp_fd, POLLIN, 0}};
+        if (poll(p, 2, POLL_MS) <= 0)
+            continue;
+        if (p[1].revents)
+            rx_service(fp, fp->rxs);
+        if (p[0].revents)
+            tx_service(fp, fp->txs);
     }
-    tx_state_free(&ts);
-    rx_state_free(rs);
     return NULL;
 }
 
@@ -1266,8 +1336,11 @@ static int tun_attach(const char *name, int vnet, char *err, size_t errlen, int 
     snprintf(ifr.ifr_name, IFNAMSIZ, "%s", name);
     ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
-        snprintf(err, errlen, "attach to TUN %s (%s mode): %s", name, vnet ? "vnet" : "plain", strerror(errno));
+        int e = errno;
+        snprintf(err, errlen, "attach to TUN %s (%s mode): %s%s", name, vnet ? "vnet" : "plain", strerror(e),
+                 e == EBUSY ? " (another process has it open: another netd, or flannel?)" : "");
         close(fd);
+        errno = e;
         return -1;
     }
     *offload_ok = 0;
@@ -1276,10 +1349,20 @@ static int tun_attach(const char *name, int vnet, char *err, size_t errlen, int 
         unsigned off = TUN_F_CSUM | TUN_F_TSO4;
         if (ioctl(fd, TUNSETVNETHDRSZ, &sz) == 0 && ioctl(fd, TUNSETOFFLOAD, off) == 0)
             *offload_ok = 1;
+    } else if (ioctl(fd, TUNSETOFFLOAD, 0) < 0) {
+        /* A persistent TUN keeps the offloads a vnet-mode run set; without a vnet header to say
+         * so, the kernel would then hand us packets with their checksums left undone. */
+        int e = errno;
+        snprintf(err, errlen, "clear the offloads of TUN %s for plain mode: %s", name, strerror(e));
+        close(fd);
+        errno = e;
+        return -1;
     }
     if (ioctl(fd, TUNSETPERSIST, 1) < 0) {
-        snprintf(err, errlen, "make TUN %s persistent: %s", name, strerror(errno));
+        int e = errno;
+        snprintf(err, errlen, "make TUN %s persistent: %s", name, strerror(e));
         close(fd);
+        errno = e;
         return -1;
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -1300,8 +1383,10 @@ static int udp_open(uint32_t bind_ip, uint16_t port, int *features, char *err, s
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(bind_ip)};
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-        snprintf(err, errlen, "bind udp %u: %s", port, strerror(errno));
+        int e = errno;
+        snprintf(err, errlen, "bind udp %u: %s", port, strerror(e));
         close(fd);
+        errno = e;
         return -1;
     }
     if (*features & FP_UDP_GSO) { /* probe: set a size, then back to 0 (per-message cmsg wins) */
@@ -1326,21 +1411,33 @@ struct fp *fp_open(const char *name, uint32_t bind_ip, uint16_t port, int featur
     fp->vnet = (features & FP_TUN_TSO) != 0;
     fp->tun_fd = tun_attach(name, fp->vnet, err, errlen, &offload_ok);
     if (fp->tun_fd < 0) {
+        int e = errno;
         free(fp);
+        errno = e;
         return NULL;
     }
     if (!offload_ok)
         features &= ~FP_TUN_TSO;
     fp->udp_fd = udp_open(bind_ip, port, &features, err, errlen);
     if (fp->udp_fd < 0) {
+        int e = errno;
         close(fp->tun_fd);
         free(fp);
+        errno = e;
         return NULL;
     }
     fp->features = features;
+    atomic_store(&fp->event_fd, -1);
     pthread_mutex_init(&fp->writer, NULL);
     atomic_store(&fp->table, fp_table_build(NULL, 0));
     return fp;
+}
+
+static void free_thread_states(struct fp *fp) {
+    tx_state_free(fp->txs);
+    rx_state_free(fp->rxs);
+    fp->txs = NULL;
+    fp->rxs = NULL;
 }
 
 int fp_start(struct fp *fp, int threads) {
@@ -1348,13 +1445,24 @@ int fp_start(struct fp *fp, int threads) {
         return -EINVAL;
     if (fp->started)
         return fp->threads == threads ? 0 : -EBUSY;
+    /* Every buffer the threads use is allocated here, before any of them runs: a failure is this
+     * call's -ENOMEM, never a thread that exits after start reported success. */
+    fp->txs = tx_state_new(fp);
+    fp->rxs = rx_state_new(fp);
+    if (!fp->txs || !fp->rxs) {
+        free_thread_states(fp);
+        return -ENOMEM;
+    }
     atomic_store(&fp->stop, 0);
     int r = pthread_create(&fp->tx, NULL, threads == 1 ? both_main : tx_main, fp);
-    if (r)
+    if (r) {
+        free_thread_states(fp);
         return -r;
+    }
     if (threads == 2 && (r = pthread_create(&fp->rx, NULL, rx_main, fp))) {
         atomic_store(&fp->stop, 1);
         pthread_join(fp->tx, NULL);
+        free_thread_states(fp);
         return -r;
     }
     pthread_setname_np(fp->tx, threads == 1 ? "netd-fp" : "netd-fp-tx");
@@ -1372,8 +1480,13 @@ void fp_stop(struct fp *fp) {
     pthread_join(fp->tx, NULL);
     if (fp->threads == 2)
         pthread_join(fp->rx, NULL);
+    free_thread_states(fp);
     fp->started = 0;
 }
+
+void fp_set_event_fd(struct fp *fp, int fd) { atomic_store(&fp->event_fd, fd); }
+
+int fp_tun_error(const struct fp *fp) { return atomic_load(&((struct fp *)fp)->tun_error); }
 
 void fp_close(struct fp *fp) {
     if (!fp)

@@ -39,6 +39,9 @@ typedef struct fp_stats {
     uint64_t rx_drop_tun_full;
     uint64_t rx_drop_tun_error;
     uint64_t rx_drop_socket_error;
+    uint64_t rx_drop_empty;      /* zero-length datagrams */
+    /* the device */
+    uint64_t tun_failures; /* times the TUN was found gone (deleted): see fp_tun_error */
 } fp_stats;
 
 typedef struct fp_route {
@@ -59,11 +62,21 @@ struct fp_table;
 struct fp *fp_open(const char *name, uint32_t bind_ip, uint16_t port, int features, char *err, size_t errlen);
 int fp_features(const struct fp *fp);
 /* Starts forwarding: threads = 1 serves both directions in one thread, 2 gives each direction its
- * own. Returns 0 (also when already started that way), -EINVAL, -EBUSY (started the other way)
- * or -errno. */
+ * own. Every buffer the threads need is allocated before they start. Returns 0 (also when already
+ * started that way), -EINVAL, -EBUSY (started the other way), -ENOMEM or -errno. */
 int fp_start(struct fp *fp, int threads);
-void fp_stop(struct fp *fp);  /* stops and joins them (within ~100 ms) */
+/* Stops and joins the threads. Bound: a thread sees the stop flag after its current poll (at most
+ * 100 ms) or batch; a sender waiting on a full socket gives up its wait within 10 ms of the stop
+ * (otherwise it waits up to 1 s per send, holding no route table). So fp_stop returns within about
+ * 110 ms plus the time to forward one batch (32 frames). */
+void fp_stop(struct fp *fp);
 void fp_close(struct fp *fp); /* stops, closes the fds (the TUN stays: it is persistent) */
+/* The TUN's health: 0 while it works; once a read or write finds it gone (deleted under us:
+ * EBADFD), that errno, for good. The threads then stop polling it (no spinning), count
+ * tun_failures once, and write 1 to the eventfd given here (-1: none), so the owner can re-create
+ * the TUN: close this instance and open a new one. */
+int fp_tun_error(const struct fp *fp);
+void fp_set_event_fd(struct fp *fp, int fd);
 void fp_get_stats(const struct fp *fp, fp_stats *out);
 
 /* Replace the whole route table atomically while traffic flows. Returns 0 or -ENOMEM/-EINVAL. */
@@ -79,7 +92,8 @@ int fp_table_lookup(const struct fp_table *t, uint32_t addr, fp_route *out);
 int fp_table_lookup6(const struct fp_table *t, const uint8_t *addr16, fp_route *out);
 void fp_table_free(struct fp_table *t);
 /* Look `addr` up `iterations` times through the same lock-free path the threads use;
- * returns how many lookups found no route (for concurrent-update tests). */
+ * returns how many lookups found no route (for concurrent-update tests). Up to 4 callers may run
+ * it at once, each in a hazard slot of its own; a fifth gets UINT64_MAX. */
 uint64_t fp_lookup_loop(struct fp *fp, uint32_t addr, uint64_t iterations);
 
 /* What the TX thread would send, as seen by a test: one datagram to peer_ip:peer_port carrying

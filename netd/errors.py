@@ -52,4 +52,12 @@ class RegistryUnavailable(RegistryError):
 
 
 class DataplaneError(NetdError):
-    """A netlink/nftables operation failed."""
+    """A netlink/nftables/TUN operation failed; ``errno`` is the OS error code when there is one."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        self.errno = errno
+        super().__init__(message)
+
+
+class AlreadyRunning(NetdError):
+    """Another netd holds this host's instance lock (--state-dir/netd.lock)."""

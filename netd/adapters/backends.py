@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pyroute2 import IPRoute
+
 from netd.adapters.files import route_cache_path
 from netd.adapters.netlink import Backend, HostGwBackend, Underlay, VxlanBackend
 from netd.errors import ConfigError
@@ -21,17 +23,25 @@ class BackendOptions:
 
 
 def make_backend(cfg: NetworkConfig, underlay: Underlay, options: BackendOptions | None = None) -> Backend:
+    """The backend for ``cfg``. It owns one netlink socket; when it fails to start (a port taken, a
+    device it cannot create) that socket is closed here, so a sync loop retrying every few seconds
+    leaks nothing."""
     options = options or BackendOptions()
     if cfg.backend.type != "udp" and options.prestarted is not None:
         options.prestarted.close()  # the cache is from a udp run; the config says otherwise now
-    if cfg.backend.type == "vxlan":
-        return VxlanBackend(cfg, underlay)
-    if cfg.backend.type == "host-gw":
-        return HostGwBackend(cfg, underlay)
-    if cfg.backend.type == "udp":
+    if cfg.backend.type not in ("vxlan", "host-gw", "udp"):
+        raise ConfigError(f"backend {cfg.backend.type!r} is not known", "Backend.Type")
+    ipr = IPRoute()
+    try:
+        if cfg.backend.type == "vxlan":
+            return VxlanBackend(cfg, underlay, ipr)
+        if cfg.backend.type == "host-gw":
+            return HostGwBackend(cfg, underlay, ipr)
         from netd.adapters.udp import UdpBackend  # needs the compiled extension
 
         state = route_cache_path(options.state_dir) if options.state_dir else None
-        return UdpBackend(cfg, underlay, offloads=options.udp_offloads, threads=options.udp_threads,
+        return UdpBackend(cfg, underlay, ipr, offloads=options.udp_offloads, threads=options.udp_threads,
                           state_file=state, prestarted=options.prestarted)
-    raise ConfigError(f"backend {cfg.backend.type!r} is not known", "Backend.Type")
+    except BaseException:
+        ipr.close()
+        raise

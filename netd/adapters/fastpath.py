@@ -21,19 +21,8 @@ ALL_FEATURES = lib.FP_TUN_TSO | lib.FP_UDP_GSO | lib.FP_UDP_GRO
 #: forwarding thread layouts (see fp_start): 1 serves both directions, 2 gives each its own
 THREAD_LAYOUTS = {1: "one thread for both directions", 2: "a thread per direction"}
 
-#: fp_stats fields, each mapped to (direction, what): "packets"/"bytes"/... or a drop reason.
+#: fp_stats fields (tx_/rx_ counters, <direction>_drop_<reason>, tun_failures)
 STAT_FIELDS = [name for name, _ in ffi.typeof("fp_stats").fields]
-DROP_REASONS = {
-    "tx_drop_no_route": ("tx", "no_route"),
-    "tx_drop_malformed": ("tx", "malformed"),
-    "tx_drop_socket_error": ("tx", "socket_error"),
-    "rx_drop_no_route": ("rx", "no_route"),
-    "rx_drop_spoofed": ("rx", "spoofed"),
-    "rx_drop_malformed": ("rx", "malformed"),
-    "rx_drop_tun_full": ("rx", "tun_full"),
-    "rx_drop_tun_error": ("rx", "tun_error"),
-    "rx_drop_socket_error": ("rx", "socket_error"),
-}
 
 
 Subnet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -62,7 +51,7 @@ class FastPath:
         err = ffi.new("char[]", 256)
         self._fp = lib.fp_open(tun.encode(), int(bind_ip), port, ALL_FEATURES if offloads else 0, err, 256)
         if self._fp == ffi.NULL:
-            raise DataplaneError(ffi.string(err).decode(errors="replace"))
+            raise DataplaneError(ffi.string(err).decode(errors="replace"), errno=ffi.errno)
         self.tun = tun
         self.port = port
         self.offloads_requested = offloads
@@ -95,6 +84,14 @@ class FastPath:
         out = ffi.new("fp_stats *")
         lib.fp_get_stats(self._fp, out)
         return {name: int(getattr(out, name)) for name in STAT_FIELDS}
+
+    def tun_error(self) -> int:
+        """0 while the TUN works; the errno that found it gone (deleted), for good."""
+        return int(lib.fp_tun_error(self._fp))
+
+    def notify_tun_loss(self, event_fd: int) -> None:
+        """Write 1 to this eventfd when the threads find the TUN gone."""
+        lib.fp_set_event_fd(self._fp, event_fd)
 
     def lookup_loop(self, addr: ipaddress.IPv4Address, iterations: int) -> int:  # IPv4: the threads' path
         """Misses among ``iterations`` lookups through the threads' lock-free path (tests)."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
+
+from netd.errors import AlreadyRunning
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> bool:
@@ -43,3 +46,29 @@ def read_text(path: str) -> str:
             return fh.read()
     except OSError:
         return ""
+
+
+def lock_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "netd.lock")
+
+
+def acquire_instance_lock(state_dir: str) -> int:
+    """One netd per host: an exclusive flock on --state-dir/netd.lock, held (through the returned
+    fd, close-on-exec) until the process exits, whatever way it exits. The file holds the holder's
+    pid, for the message a second instance prints before it exits, having touched nothing."""
+    os.makedirs(state_dir, exist_ok=True)
+    path = lock_path(state_dir)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise AlreadyRunning(
+            f"another netd (pid {holder}) is running on this host: it holds {path}. One netd per host; "
+            f"stop that one first (this one has changed nothing)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -97,6 +97,17 @@ class Backend(Protocol):
 
     def apply(self, plan: DataplanePlan) -> list[str]: ...
 
+    def fault_fd(self) -> int | None:
+        """An fd that turns readable when the data path needs a repair before the next resync (the
+        udp backend's TUN deleted), or None."""
+        ...
+
+    def clear_fault(self) -> None: ...
+
+    def health(self) -> dict[str, object]:
+        """What /readyz shows of the data path beyond the routes (e.g. TUN recoveries)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -125,6 +136,15 @@ class _NetlinkBackend:
 
     def close(self) -> None:
         self.ipr.close()
+
+    def fault_fd(self) -> int | None:
+        return None  # the kernel's devices and routes: the resync repairs them
+
+    def clear_fault(self) -> None:
+        return None
+
+    def health(self) -> dict[str, object]:
+        return {}
 
     def _route_oif(self) -> int:
         return self.underlay.index

@@ -16,8 +16,10 @@ until it exits, so traffic pauses only for the moment between the two processes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
+import os
 import socket
 from typing import Any
 
@@ -59,38 +61,94 @@ class UdpBackend:
         self.state_file = state_file
         self.offloads = offloads
         self.threads = threads
+        self.save_errors = 0
+        self.tun_recoveries = 0
+        self._retired: dict[str, int] = {}  # counters of fast paths closed by a TUN recovery
+        # written by the C threads when they find the TUN gone; the agent watches it (fault_fd)
+        self._events = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         if prestarted is not None and (prestarted.tun, prestarted.port, prestarted.offloads_requested,
                                        prestarted.threads) != (tun, self.port, offloads, threads):
             prestarted.close()  # the config changed since the cache was written
             prestarted = None
         adopted = prestarted is not None
-        if prestarted is not None:
-            self.fast = prestarted
-        else:
-            self.fast = self._open(offloads)
-            self.fast.start()
+        try:
+            self.fast = prestarted if prestarted is not None else self._start_fast_path(())
+        except BaseException:
+            os.close(self._events)
+            raise
+        self.fast.notify_tun_loss(self._events)
         log.info("udp fast path on %s, port %d, %s, offloads: %s%s", tun, self.port, THREAD_LAYOUTS[threads],
                  ", ".join(sorted(self.fast.features)) or "none (plain mode)",
                  f"; re-attached before contacting etcd with {len(self.fast.routes)} cached routes"
                  if adopted else "")
+
+    def _start_fast_path(self, routes: tuple[UdpRoute, ...]) -> FastPath:
+        fast = self._open(self.offloads)
+        try:
+            fast.set_routes(routes)
+            fast.start()
+        except BaseException:
+            fast.close()
+            raise
+        return fast
 
     def _open(self, offloads: bool) -> FastPath:
         try:
             return FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads, self.threads)
         except DataplaneError as exc:
             found = self.ipr.link_lookup(ifname=self.tun)
-            if not found or "attach to TUN" not in str(exc):
+            # EINVAL: a device of that name that is no TUN of ours (a TAP, a multi-queue TUN) is
+            # replaced. Anything else, EBUSY above all (another process has the TUN open: a second
+            # netd, flannel), leaves the device alone: deleting it would cut the running one off.
+            if not found or exc.errno != errno.EINVAL or "attach to TUN" not in str(exc):
                 raise
-            # a persistent TUN from a run in the other mode (vnet/plain): recreate it
             log.info("recreating %s: %s", self.tun, exc)
             self.ipr.link("del", index=found[0])
             return FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads, self.threads)
 
+    def fault_fd(self) -> int:
+        """Readable when the data path needs a repair (the TUN was deleted): wake the sync loop."""
+        return self._events
+
+    def clear_fault(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self._events)
+
+    def health(self) -> dict[str, object]:
+        return {"tun_recoveries": self.tun_recoveries} if self.tun_recoveries else {}
+
+    def _recover_tun(self, why: str) -> None:
+        """The TUN is gone (deleted under us): a new one, and a new fast path on it with the same
+        routes. The threads of the old one have stopped polling it, so nothing spun meanwhile."""
+        routes = self.fast.routes
+        log.warning("TUN %s is gone (%s): re-creating it and re-attaching the fast path with %d routes",
+                    self.tun, why, len(routes))
+        old = self.fast
+        for name, value in old.stats().items():
+            self._retired[name] = self._retired.get(name, 0) + value
+        old.close()
+        self.fast = self._start_fast_path(routes)
+        self.fast.notify_tun_loss(self._events)
+        self.tun_recoveries += 1
+
     def _save_state(self) -> None:
-        if self.state_file:
-            with contextlib.suppress(OSError):
-                save_route_cache(self.state_file, self.tun, self.port, self.offloads, self.threads,
-                                 self.fast.routes)
+        """Cache the route table for a restart. If that fails, the old cache goes too (a restart
+        must not adopt a stale anti-spoofing table; without a cache it waits for etcd instead), and
+        the failure is logged and counted (netd_state_save_errors_total)."""
+        if not self.state_file:
+            return
+        try:
+            save_route_cache(self.state_file, self.tun, self.port, self.offloads, self.threads, self.fast.routes)
+        except OSError as exc:
+            self.save_errors += 1
+            try:
+                os.unlink(self.state_file)
+                gone = "the old cache was removed"
+            except FileNotFoundError:
+                gone = "there was no old cache"
+            except OSError as exc2:
+                gone = f"the old cache could not be removed either ({exc2}): a restart may adopt stale routes"
+            log.warning("saving the udp route cache %s failed: %s; %s", self.state_file, exc, gone)
 
     # -- Backend -------------------------------------------------------------------------------
     def backend_data(self) -> dict[str, Any]:
@@ -100,9 +158,13 @@ class UdpBackend:
         return self.underlay.mtu - UDP_OVERHEAD
 
     def configure_own(self, own: Lease) -> None:
+        lost = self.fast.tun_error()
         found = self.ipr.link_lookup(ifname=self.tun)
-        if not found:
-            raise DataplaneError(f"TUN {self.tun} vanished")
+        if lost or not found:
+            self._recover_tun(f"a TUN read or write failed: {os.strerror(lost)}" if lost else "no such device")
+            found = self.ipr.link_lookup(ifname=self.tun)
+            if not found:
+                raise DataplaneError(f"TUN {self.tun} vanished again right after it was re-created")
         index = found[0]
         want6 = (str(own.ipv6_subnet.network_address), self.cfg.ipv6.network.prefixlen) \
             if self.cfg.ipv6 and own.ipv6_subnet else None
@@ -166,7 +228,11 @@ class UdpBackend:
         return []
 
     def stats(self) -> dict[str, int]:
-        return self.fast.stats()
+        """The fast path's counters (summed over the instances a TUN recovery replaced), and the
+        backend's own."""
+        now = self.fast.stats()
+        return {**{k: v + self._retired.get(k, 0) for k, v in now.items()}, "state_save_errors": self.save_errors,
+                "tun_recoveries": self.tun_recoveries}
 
     def features(self) -> set[str]:
         return self.fast.features
@@ -174,5 +240,6 @@ class UdpBackend:
     def close(self) -> None:
         self.fast.close()
         self.ipr.close()
+        os.close(self._events)
 
 

@@ -120,6 +120,12 @@ class Agent:
     def wake(self) -> None:
         self._wake.set()
 
+    def _on_dataplane_fault(self) -> None:
+        if self.backend is not None:
+            self.backend.clear_fault()
+        log.debug("the data path reported a fault: syncing now")
+        self.wake()
+
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
@@ -139,6 +145,9 @@ class Agent:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            fault_fd = self.backend.fault_fd() if self.backend is not None else None
+            if fault_fd is not None:
+                asyncio.get_running_loop().remove_reader(fault_fd)
             await self._on_dataplane(self.shutdown)
             self._dataplane.shutdown(wait=True)
 
@@ -200,6 +209,9 @@ class Agent:
             stats, features = getattr(self.backend, "stats", None), getattr(self.backend, "features", None)
             if stats is not None and features is not None:
                 self.metrics.attach_fast_path(stats, features)
+            fault_fd = self.backend.fault_fd()
+            if fault_fd is not None:  # the data path can say it needs a repair (a deleted TUN): sync at once
+                asyncio.get_running_loop().add_reader(fault_fd, self._on_dataplane_fault)
             self.cfg = cfg
             log.info("network config: %s, /%d subnets, backend %s", cfg.network, cfg.subnet_len, cfg.backend.type)
         elif cfg != self.cfg:
@@ -260,6 +272,7 @@ class Agent:
                 True, "lease held, routes in place, subnet.env written",
                 subnet=str(own.subnet), public_ip=str(own.attrs.public_ip), peers=len(peers),
                 backend=backend.name, routes=sorted(str(r.dst) for r in desired.routes),
+                **backend.health(),
             )
 
     def _warn_on_change(self, topic: str, items: Iterable[H], fmt: str) -> list[H]:

@@ -11,9 +11,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from netd import __version__
-from netd.adapters.files import route_cache_path
+from netd.adapters.files import acquire_instance_lock, route_cache_path
 from netd.cli.common import FlagParser, add_etcd_flags, add_flag, arg_type, config_key, make_registry, setup_logging
-from netd.errors import ConfigError, NetdError
+from netd.errors import AlreadyRunning, ConfigError, NetdError
 from netd.model.flags import parse_duration, parse_ip, parse_ipv4, parse_log_level, parse_port, parse_seconds
 
 # Everything slow to import (pyroute2, grpc) is imported in run(), after the udp fast path has
@@ -108,6 +108,11 @@ async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format, args.log_level)
+    try:  # first of all: a second netd started by mistake must touch nothing of the running one's
+        acquire_instance_lock(args.state_dir)
+    except (AlreadyRunning, OSError) as exc:
+        log.error("%s", exc)
+        return 1
     prestarted = None
     cache = route_cache_path(args.state_dir)
     if os.path.exists(cache):  # only udp hosts pay for importing the extension here

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +23,15 @@ from netd.errors import DataplaneError
 
 N = ipaddress.IPv4Network
 A = ipaddress.IPv4Address
+
+
+@contextlib.contextmanager
+def entered_ns(ns: str) -> Iterator[None]:
+    pnetns.pushns(ns)
+    try:
+        yield
+    finally:
+        pnetns.popns()
 
 
 @pytest.fixture
@@ -104,3 +121,182 @@ def test_the_route_cache_keeps_the_layout_and_ipv6_routes(tmp_path):
     with open(path, "w") as fh:
         json.dump({"tun": "flannel0", "port": 8285, "offloads": False, "routes": []}, fh)
     assert load_route_cache(path)["threads"] == 2
+
+
+# -- life cycle (issue 11, items 4-7) ---------------------------------------------------------------
+def open_in(ns: str, tun: str, port: int, offloads: bool = True, threads: int = 2) -> FastPath:
+    pnetns.pushns(ns)
+    try:
+        return FastPath(tun, A("0.0.0.0"), port, offloads, threads)
+    finally:
+        pnetns.popns()
+
+
+def tun_offloads(ns: str, tun: str) -> dict[str, str]:
+    out = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-k", tun], capture_output=True, text=True,
+                         check=True).stdout
+    return {k.strip(): v.split()[0] for k, v in (line.split(":", 1) for line in out.splitlines()[1:] if ":" in line)}
+
+
+def test_plain_mode_clears_the_offloads_a_vnet_run_left_on_the_persistent_tun(ns):
+    fp = open_in(ns, "fptest3", 18288, offloads=True)
+    assert fp.features >= {"tun-tso"}
+    fp.close()
+    assert tun_offloads(ns, "fptest3")["tx-checksumming"] == "on"  # the persistent TUN keeps them
+    fp = open_in(ns, "fptest3", 18288, offloads=False)
+    try:
+        got = tun_offloads(ns, "fptest3")
+        assert (got["tx-checksumming"], got["tcp-segmentation-offload"]) == ("off", "off"), got
+    finally:
+        fp.close()
+
+
+def thread_cpu_seconds(name: str) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        if (task / "comm").read_text().strip() == name:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick
+    raise AssertionError(f"no thread {name}")
+
+
+@pytest.mark.parametrize("threads,name", [(2, "netd-fp-tx"), (1, "netd-fp")])
+def test_a_deleted_tun_is_reported_once_and_never_spun_on(ns, threads, name):
+    fp = open_in(ns, "fptest4", 18289, threads=threads)
+    events = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        fp.notify_tun_loss(events)
+        fp.start()
+        assert fp.tun_error() == 0
+        subprocess.run(["ip", "-n", ns, "link", "del", "fptest4"], check=True)
+        deadline = time.monotonic() + 5
+        while fp.tun_error() == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fp.tun_error() == errno.EBADFD
+        assert os.eventfd_read(events) == 1  # announced once
+        before = thread_cpu_seconds(name)
+        time.sleep(2)
+        spent = thread_cpu_seconds(name) - before
+        print(f"{name} used {spent:.2f}s of CPU in 2s with its TUN deleted")
+        assert spent < 0.2, f"{name} spins with its TUN gone: {spent:.2f}s of CPU in 2s"  # spinning: ~2s
+        assert fp.stats()["tun_failures"] == 1
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(events)
+    finally:
+        fp.close()
+        os.close(events)
+
+
+def test_zero_length_datagrams_are_counted(ns):
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)  # local delivery
+    fp = open_in(ns, "fptest5", 18290)
+    try:
+        fp.start()
+        with entered_ns(ns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range(3):
+                s.sendto(b"", ("10.250.0.1", 18290))
+            s.close()
+        deadline = time.monotonic() + 5
+        while fp.stats()["rx_drop_empty"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fp.stats()["rx_drop_empty"] == 3, {k: v for k, v in fp.stats().items() if v}
+    finally:
+        fp.close()
+
+
+def test_a_busy_tun_is_refused_with_ebusy_and_left_alone(ns):
+    first = open_in(ns, "fptest6", 18291)
+    try:
+        with pytest.raises(DataplaneError, match="Device or resource busy.*another process has it open") as exc:
+            open_in(ns, "fptest6", 18292)
+        assert exc.value.errno == errno.EBUSY
+        assert subprocess.run(["ip", "-n", ns, "link", "show", "fptest6"], capture_output=True).returncode == 0
+    finally:
+        first.close()
+
+
+def test_concurrent_lookup_loops_each_hold_a_slot_of_their_own(fast):
+    """Two test callers at once while the table churns: neither may read a table the other's
+    release let the writer free (one shared slot did)."""
+    fast.set_routes([UdpRoute(N("10.5.7.0/24"), A("192.0.2.7"), 8285)])
+    stop = threading.Event()
+    writer = threading.Thread(target=churn, args=(fast, True, 3000, stop))
+    results: list[int] = []
+
+    def reader() -> None:
+        misses = 0
+        while not stop.is_set():
+            misses += fast.lookup_loop(A("10.5.7.9"), 20_000)
+        results.append(misses)
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writer.start()
+    for r in readers:
+        r.start()
+    writer.join()
+    for r in readers:
+        r.join()
+    assert results == [0, 0]
+
+
+START_UNDER_LIMIT = """
+import ipaddress, resource, sys
+from pyroute2 import netns
+netns.pushns(sys.argv[1])
+from netd.adapters.fastpath import FastPath
+from netd.errors import DataplaneError
+fp = FastPath("fptest7", ipaddress.IPv4Address("0.0.0.0"), 18293, True, 1)
+netns.popns()
+size = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+# room for a thread's stack (8 MB) but not also for its 3 MB of buffers
+resource.setrlimit(resource.RLIMIT_AS, (size + (9 << 20), resource.RLIM_INFINITY))
+try:
+    fp.start()
+    print("started")
+except DataplaneError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_start_that_cannot_allocate_the_threads_buffers_fails_instead_of_a_silent_thread_exit(ns):
+    out = subprocess.run([sys.executable, "-c", START_UNDER_LIMIT, ns], capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("refused: starting the fast path threads failed"), out.stdout + out.stderr
+
+
+def test_route_updates_never_wait_for_a_sender_stuck_on_a_full_socket(ns):
+    """The underlay crawls (tbf at 8 kbit/s, 64 MB queue), so the UDP socket's send buffer fills and
+    the TX thread waits on it, up to 1 s per send. Route swaps must not wait with it: the thread
+    holds the route table only for each frame's lookup."""
+    sh = lambda *cmd: subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)  # noqa: E731
+    sh("ip", "link", "set", "lo", "up")
+    # a resolved next hop, so datagrams queue in the qdisc rather than waiting for ARP
+    sh("ip", "neigh", "replace", "10.250.0.254", "lladdr", "02:00:00:00:00:01", "dev", "eth0", "nud", "permanent")
+    sh("tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "8kbit", "burst", "1600", "limit", "64mb")
+    fp = open_in(ns, "fptest8", 18294, offloads=False)
+    try:
+        sh("ip", "addr", "add", "10.5.1.0/16", "dev", "fptest8")
+        sh("ip", "link", "set", "fptest8", "up")
+        fp.set_routes([UdpRoute(N("10.5.2.0/24"), A("10.250.0.254"), 8285)])
+        fp.start()
+        flood = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
+                                  "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+                                  "while True:\n  s.sendto(b'x'*1400,('10.5.2.9',9))"])
+        try:
+            deadline = time.monotonic() + 60
+            while fp.stats()["tx_drop_socket_error"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)  # until a send has waited its whole second on the full socket
+            assert fp.stats()["tx_drop_socket_error"] > 0, fp.stats()
+            waits = []
+            for i in range(10):
+                t0 = time.monotonic()
+                fp.set_routes([UdpRoute(N("10.5.2.0/24"), A("10.250.0.254"), 8285),
+                               UdpRoute(N((0x0A050000 + ((10 + i) << 8), 24)), A("10.250.0.253"), 8285)])
+                waits.append(time.monotonic() - t0)
+            print(f"route swaps with the sender stuck: longest {max(waits) * 1000:.1f} ms")
+            assert max(waits) < 0.5, waits  # a sender holding the table through its waits: ~1 s each
+        finally:
+            flood.kill()
+            flood.wait()
+    finally:
+        fp.close()
