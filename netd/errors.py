@@ -48,7 +48,18 @@ class CompactedError(RegistryError):
 
 
 class RegistryUnavailable(RegistryError):
-    """The registry could not be reached (etcd down, timeout, TLS failure)."""
+    """The registry could not answer (etcd down, partitioned, without quorum, a timeout, TLS
+    failure): retried, on the next endpoint when there are several."""
+
+
+class RegistryRefused(RegistryError):
+    """The registry answered, and said no: permission denied, authentication failed, a lease that
+    does not exist, a request it finds invalid. Another endpoint would say the same, so there is no
+    fail-over; ``code`` is etcd's status (PERMISSION_DENIED, NOT_FOUND, ...)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        self.code = code
+        super().__init__(message)
 
 
 class DataplaneError(NetdError):

@@ -8,11 +8,13 @@ import json
 import subprocess
 import sys
 
+import aetcd.exceptions as aexc
+import grpc
 import pytest
 
-from integration.etcd import EtcdServer, make_test_pki
-from netd.adapters.etcd import EtcdRegistry, EtcdTLS, parse_endpoints
-from netd.errors import ConfigError, RegistryUnavailable
+from integration.etcd import EtcdServer, free_port, make_test_pki
+from netd.adapters.etcd import EtcdRegistry, EtcdTLS, classify_error, parse_endpoints
+from netd.errors import ConfigError, RegistryRefused, RegistryUnavailable
 from netd.model import LeaseAttrs
 
 ATTRS = LeaseAttrs(ipaddress.IPv4Address("192.0.2.1"), "vxlan", {})
@@ -110,3 +112,74 @@ def test_netctl_lists_a_flannel_dual_stack_lease(etcd_server, unique_prefix):
     rows = json.loads(subprocess.run([*base, "-o", "json"], capture_output=True, text=True, timeout=60).stdout)
     assert [(r["subnet"], r["ipv6_subnet"], r["public_ip"]) for r in rows] == [
         ("10.5.9.0/24", "fd00:0:0:9::/64", "192.0.2.9")]
+
+
+# -- errors: unavailable (retry, fail over), refused (etcd said no), or a bug (issue 11, item 8) --------
+def aetcd_error(code: grpc.StatusCode, details: str) -> Exception:
+    """The exception aetcd raises for a gRPC status, made by aetcd's own translation."""
+    rpc = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    try:
+        aexc._handle_exception(rpc)
+    except Exception as exc:  # noqa: BLE001 - what it raises is the point
+        return exc
+    raise AssertionError("aetcd raised nothing")
+
+
+@pytest.mark.parametrize("code,details,kind", [
+    # as measured with etcd 3.4.23 through aetcd 1.0.0
+    (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", ("unavailable", "ConnectionFailedError")),
+    (grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out", ("unavailable", "ConnectionFailedError")),
+    (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", ("unavailable", "ConnectionTimeoutError")),
+    (grpc.StatusCode.UNKNOWN, "context deadline exceeded", ("unavailable", "UNKNOWN")),  # a write, no quorum
+    (grpc.StatusCode.INTERNAL, "transport", ("unavailable", "INTERNAL")),
+    (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", ("refused", "NOT_FOUND")),
+    (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", ("refused", "PERMISSION_DENIED")),
+    (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token", ("refused", "UNAUTHENTICATED")),
+    (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty", ("refused", "INVALID_ARGUMENT")),
+    (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: too many operations in txn request",
+     ("refused", "INVALID_ARGUMENT")),
+    (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL", ("refused", "OUT_OF_RANGE")),
+    (grpc.StatusCode.UNKNOWN, "something else", ("refused", "UNKNOWN")),
+])
+def test_etcd_errors_are_classified(code, details, kind):
+    assert classify_error(aetcd_error(code, details)) == kind
+
+
+def test_non_etcd_errors_are_bugs_not_outages():
+    assert classify_error(TypeError("'NoneType' object is not iterable")) is None
+    assert classify_error(KeyError("x")) is None
+    assert classify_error(TimeoutError())[0] == "unavailable"
+    assert classify_error(ConnectionRefusedError())[0] == "unavailable"
+    assert classify_error(aexc.DuplicateLeaseError()) == ("refused", "DuplicateLeaseError")
+
+
+def test_a_refusal_is_not_an_outage_and_does_not_fail_over(tmp_path, unique_prefix):
+    """An etcd with authentication on refuses a client without credentials: RegistryRefused, the
+    endpoint kept; a dead endpoint is an outage: RegistryUnavailable and the next endpoint."""
+    with EtcdServer("auth") as server:
+        server.etcdctl("user", "add", "root", "--new-user-password=pw")
+        server.etcdctl("auth", "enable")
+        dead = f"http://127.0.0.1:{free_port()}"
+
+        async def main() -> None:
+            reg = EtcdRegistry([server.endpoint, dead], prefix=unique_prefix, timeout=3)
+            try:
+                before = reg.endpoint
+                with pytest.raises(RegistryRefused, match="refused: INVALID_ARGUMENT: .*user name is empty") as exc:
+                    await reg.get_config()
+                assert exc.value.code == "INVALID_ARGUMENT"
+                assert reg.endpoint == before  # another member would say the same
+                with pytest.raises(RegistryRefused):
+                    await reg.list_subnets()
+                assert reg.endpoint == before
+            finally:
+                await reg.close()
+            reg = EtcdRegistry([dead, server.endpoint], prefix=unique_prefix, timeout=3)
+            try:
+                with pytest.raises(RegistryUnavailable):
+                    await reg.get_config()
+                assert reg.endpoint == server.endpoint.split("//")[1]  # failed over
+            finally:
+                await reg.close()
+
+        asyncio.run(main())

@@ -28,22 +28,43 @@ import aetcd.watcher as awatcher
 import grpc
 
 from netd.adapters.registry import Snapshot, SubnetEvent
-from netd.errors import CompactedError, ConfigError, ConflictError, RegistryUnavailable
+from netd.aio import Background
+from netd.errors import CompactedError, ConfigError, ConflictError, RegistryRefused, RegistryUnavailable
 from netd.model import Lease, LeaseAttrs, flags, format_subnet_key, parse_lease_key, parse_subnet_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_UNAVAILABLE = (
-    aexc.ConnectionFailedError,
-    aexc.ConnectionTimeoutError,
-    aexc.WatchTimeoutError,
-    aexc.InternalError,
-    aexc.ClientError,
-    grpc.RpcError,
-    asyncio.TimeoutError,
-    OSError,
-)
+UNAVAILABLE, REFUSED = "unavailable", "refused"
+#: gRPC statuses that mean etcd could not answer now (measured with etcd 3.4: a member down is
+#: UNAVAILABLE, no quorum is UNAVAILABLE "request timed out" or "no leader", a slow one
+#: DEADLINE_EXCEEDED); every other status is an answer: NOT_FOUND (a lease), PERMISSION_DENIED,
+#: UNAUTHENTICATED, INVALID_ARGUMENT (also "user name is empty" when auth is on), OUT_OF_RANGE, ...
+_UNAVAILABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
+                      grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
+#: etcd 3.4 answers a write without quorum with UNKNOWN "context deadline exceeded".
+_UNAVAILABLE_DETAILS = ("deadline exceeded", "timed out", "no leader", "leader changed")
+
+
+def classify_error(exc: BaseException) -> tuple[str, str] | None:
+    """How an etcd call failed: (UNAVAILABLE, why): etcd could not answer, retry (elsewhere);
+    (REFUSED, status): etcd answered no, another endpoint would too; None: not an etcd client
+    error at all (a bug), which the caller lets propagate."""
+    if isinstance(exc, aexc.ConnectionFailedError | aexc.ConnectionTimeoutError | aexc.WatchTimeoutError
+                  | TimeoutError | OSError):
+        return UNAVAILABLE, type(exc).__name__
+    rpc = exc if isinstance(exc, grpc.RpcError) else exc.__cause__ if isinstance(exc, aexc.ClientError) else None
+    code = getattr(rpc, "code", None)
+    if callable(code):
+        status = code()
+        details = str(rpc.details() or "")  # type: ignore[union-attr]
+        if status in _UNAVAILABLE_CODES or (status == grpc.StatusCode.UNKNOWN
+                                            and any(d in details for d in _UNAVAILABLE_DETAILS)):
+            return UNAVAILABLE, status.name
+        return REFUSED, status.name
+    if isinstance(exc, aexc.ClientError):  # aetcd's own, with no gRPC status (DuplicateLeaseError, ...)
+        return REFUSED, type(exc).__name__
+    return None
 
 
 @dataclass(frozen=True)
@@ -131,6 +152,7 @@ class EtcdRegistry:
         # A lease granted for a create that lost its race, kept for the next create with the
         # same TTL: a lost race then costs one transaction, not grant + txn + revoke.
         self._spare: tuple[int, int] | None = None  # (ttl, lease id)
+        self._background = Background()
 
     # -- connection ----------------------------------------------------------------------
     def _get_client(self) -> _Client:
@@ -150,7 +172,7 @@ class EtcdRegistry:
         if len(self._endpoints) > 1:
             self._index += 1
         if client is not None:
-            asyncio.get_running_loop().create_task(self._close_quietly(client))
+            self._background.spawn(self._close_quietly(client), "close etcd channel")
 
     @staticmethod
     async def _close_quietly(client: _Client) -> None:
@@ -169,13 +191,25 @@ class EtcdRegistry:
         client = self._get_client()
         try:
             return await asyncio.wait_for(fn(client), self._timeout)
-        except (aexc.PreconditionFailedError, aexc.InvalidArgumentError):
-            raise
-        except _UNAVAILABLE as exc:
-            endpoint = self.endpoint
-            if len(self._endpoints) > 1 or isinstance(exc, asyncio.TimeoutError):
-                self._fail_over()
-            raise RegistryUnavailable(f"etcd {what} at {endpoint} failed: {exc or type(exc).__name__}") from exc
+        except Exception as exc:
+            translated = self._translate(exc, what)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def _translate(self, exc: Exception, what: str) -> Exception:
+        """The NetdError for a failed call (failing over first when etcd could not answer), or the
+        exception itself when it is no etcd error at all (a bug: it propagates with its traceback)."""
+        kind = classify_error(exc)
+        if kind is None:
+            return exc
+        endpoint = self.endpoint
+        if kind[0] == REFUSED:
+            return RegistryRefused(f"etcd {what} at {endpoint} refused: {kind[1]}: {exc or type(exc).__name__}",
+                                   code=kind[1])
+        if len(self._endpoints) > 1 or isinstance(exc, TimeoutError):
+            self._fail_over()
+        return RegistryUnavailable(f"etcd {what} at {endpoint} failed: {exc or type(exc).__name__}")
 
     # -- decoding --------------------------------------------------------------------------
     def _lease_from_kv(self, kv: Any) -> Lease:
@@ -253,7 +287,7 @@ class EtcdRegistry:
             spare, self._spare = self._spare, None
             lease_id = spare[1] if spare is not None and spare[0] == ttl else await self._grant(ttl)
             if spare is not None and spare[0] != ttl:
-                asyncio.get_running_loop().create_task(self._revoke_quietly(spare[1]))
+                self._background.spawn(self._revoke_quietly(spare[1]), "revoke spare lease")
         # Create-if-absent for every key form that names this IPv4 subnet: one compare on the exact
         # name would let a v4-only and a dual-stack key win one subnet.
         compare = [atx.Version(self._key(subnet)) == 0, *self._no_other_key_form(subnet)]
@@ -315,8 +349,8 @@ class EtcdRegistry:
     async def revoke(self, lease_id: int) -> None:
         try:
             await self._call("revoke lease", lambda c: c.revoke_lease(lease_id))
-        except aexc.ClientError as exc:
-            if "not found" not in str(exc):
+        except RegistryRefused as exc:
+            if exc.code != "NOT_FOUND":  # gone already is what a revoke wants
                 raise
 
     async def _revoke_quietly(self, lease_id: int) -> None:
@@ -331,7 +365,12 @@ class EtcdRegistry:
             yield
         except aexc.RevisionCompactedError as exc:
             raise CompactedError(exc.compacted_revision) from exc
-        except _UNAVAILABLE as exc:
+        except Exception as exc:
+            kind = classify_error(exc)
+            if kind is None:
+                raise
+            if kind[0] == REFUSED:
+                raise RegistryRefused(f"etcd watch at {self.endpoint} {what}: {kind[1]}: {exc}", code=kind[1]) from exc
             self._fail_over()
             raise RegistryUnavailable(f"etcd watch at {self.endpoint} {what}: {exc}") from exc
 
@@ -367,6 +406,7 @@ class EtcdRegistry:
                 pass
 
     async def close(self) -> None:
+        await self._background.wait(self._timeout)
         if self._spare is not None:
             spare, self._spare = self._spare, None
             await self._revoke_quietly(spare[1])

@@ -1,6 +1,7 @@
 """The per-host agent: lease, subnet.env, routes and ip-masq, reconciled level-triggered.
 
-Three tasks share one asyncio loop:
+Three tasks share one asyncio loop, each supervised (netd.aio.supervise: a task that raises is
+logged with its traceback, counted in netd_task_failures_total, shown on /readyz and restarted):
   * ``_sync_loop``: every wake-up (a watch event, a keepalive finding our lease gone) and every
     ``resync_interval`` it re-reads config and subnets from scratch, makes sure we hold our
     lease, and diffs desired routes against what the kernel has, applying only the diff;
@@ -30,9 +31,10 @@ from netd.adapters.netlink import Backend
 from netd.adapters.registry import Registry, Snapshot
 from netd.agent.leases import SubnetLeaser
 from netd.agent.metrics import AgentMetrics
+from netd.aio import Background, supervise
 from netd.core.dataplane import desired_state, plan_dataplane, select_peers
 from netd.core.subnetenv import previous_ipv6_subnet, previous_subnet, render_subnet_env
-from netd.errors import CompactedError, ConfigError, NetdError, RegistryUnavailable
+from netd.errors import CompactedError, ConfigError, NetdError, RegistryRefused, RegistryUnavailable
 from netd.model import Lease, LeaseAttrs, NetworkConfig, parse_network_config
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,10 @@ class Agent:
         self.last_revision: int | None = None
         self.status = Status()
         self.etcd_down_since: float | None = None
+        self.etcd_refusal: str | None = None  # etcd's last "no" (permission, auth...), until it answers again
+        self.failed_tasks: dict[str, str] = {}  # loops that raised, until their restart
+        self.task_restarts: dict[str, int] = {}
+        self._background = Background()  # fire-and-forget revokes, referenced until done
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._have_revision = asyncio.Event()
@@ -97,6 +103,13 @@ class Agent:
         details = dict(st.details)
         if self.etcd_down_since is not None:
             details["etcd"] = f"unreachable for {time.monotonic() - self.etcd_down_since:.0f}s"
+        if self.etcd_refusal is not None:
+            details["etcd_refused"] = self.etcd_refusal
+        if self.task_restarts:
+            details["task_restarts"] = dict(self.task_restarts)
+        if self.failed_tasks:  # a loop is down until its restart: the host is not what it says it is
+            name, why = sorted(self.failed_tasks.items())[0]
+            return False, f"task {name} failed ({why}); restarting it", details
         return st.ready, st.reason, details
 
     def _set_status(self, ready: bool, reason: str, **details: object) -> None:
@@ -106,8 +119,17 @@ class Agent:
         self.status = Status(ready, reason, details)
         self.metrics.ready.set(1 if ready else 0)
 
-    def _etcd_error(self, op: str, exc: Exception) -> None:
-        self.metrics.etcd_errors.labels(op).inc()
+    def _etcd_error(self, op: str, exc: RegistryUnavailable | RegistryRefused) -> None:
+        """Unavailable: etcd could not answer (the registry failed over already); refused: it said
+        no (permission, auth, an invalid request), which no retry elsewhere mends: an operator must
+        act, so it is shown on /readyz as what it is, never as "unreachable"."""
+        if isinstance(exc, RegistryRefused):
+            self.metrics.etcd_errors.labels(op, "refused").inc()
+            if self.etcd_refusal != str(exc):
+                log.error("etcd refused %s: %s", op, exc)
+            self.etcd_refusal = str(exc)
+            return
+        self.metrics.etcd_errors.labels(op, "unavailable").inc()
         if self.etcd_down_since is None:
             self.etcd_down_since = time.monotonic()
             log.warning("etcd unreachable (%s): %s; keeping the current routes", op, exc)
@@ -116,6 +138,19 @@ class Agent:
         if self.etcd_down_since is not None:
             log.info("etcd reachable again after %.1fs", time.monotonic() - self.etcd_down_since)
             self.etcd_down_since = None
+        if self.etcd_refusal is not None:
+            log.info("etcd answers again (after: %s)", self.etcd_refusal)
+            self.etcd_refusal = None
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        self.metrics.task_failures.labels(name).inc()
+        self.failed_tasks[name] = f"{type(exc).__name__}: {exc}"
+        self.task_restarts[name] = self.task_restarts.get(name, 0) + 1
+        self.wake()
+
+    def _task_restarted(self, name: str) -> None:
+        self.failed_tasks.pop(name, None)
+        log.info("task %s restarted", name)
 
     def wake(self) -> None:
         self._wake.set()
@@ -133,9 +168,10 @@ class Agent:
     # -- main ------------------------------------------------------------------------------
     async def run(self) -> None:
         tasks = [
-            asyncio.create_task(self._sync_loop(), name="sync"),
-            asyncio.create_task(self._watch_loop(), name="watch"),
-            asyncio.create_task(self._keepalive_loop(), name="keepalive"),
+            asyncio.create_task(supervise(name, body, self._stopping, self._task_failed, self._task_restarted),
+                                name=name)
+            for name, body in (("sync", self._sync_loop), ("watch", self._watch_loop),
+                               ("keepalive", self._keepalive_loop))
         ]
         try:
             await self._stopping.wait()
@@ -148,6 +184,7 @@ class Agent:
             fault_fd = self.backend.fault_fd() if self.backend is not None else None
             if fault_fd is not None:
                 asyncio.get_running_loop().remove_reader(fault_fd)
+            await self._background.wait(5.0)
             await self._on_dataplane(self.shutdown)
             self._dataplane.shutdown(wait=True)
 
@@ -186,6 +223,9 @@ class Agent:
             self._etcd_error("sync", exc)
             if self.lease is None:
                 self._set_status(False, f"etcd unreachable before a lease was acquired: {exc}")
+        except RegistryRefused as exc:
+            self._etcd_error("sync", exc)
+            self._set_status(False, str(exc))
         except ConfigError as exc:
             self.metrics.config_valid.set(0)
             self._set_status(False, str(exc))
@@ -303,7 +343,7 @@ class Agent:
             log.warning("lost subnet %s (now held by %s); re-acquiring", self.lease.subnet, held_by)
             self.metrics.lease_held.set(0)
             if self.lease.lease_id and current is None:
-                asyncio.get_running_loop().create_task(self._revoke_quietly(self.lease.lease_id))
+                self._background.spawn(self._revoke_quietly(self.lease.lease_id), "revoke lost lease")
             previous, previous_ipv6 = self.lease.subnet, self.lease.ipv6_subnet
         else:
             text = read_text(self.opts.subnet_file)
@@ -331,7 +371,7 @@ class Agent:
                 continue
             try:
                 ttl = await self.registry.keepalive(lease.lease_id)
-            except RegistryUnavailable as exc:
+            except (RegistryUnavailable, RegistryRefused) as exc:
                 self._etcd_error("keepalive", exc)
                 continue
             self._etcd_ok()
@@ -361,9 +401,10 @@ class Agent:
                 self.last_revision = None
                 self._have_revision.clear()
                 self.wake()
-            except RegistryUnavailable as exc:
+            except (RegistryUnavailable, RegistryRefused) as exc:
                 self._etcd_error("watch", exc)
-                self.metrics.watch_restarts.labels("unavailable").inc()
+                self.metrics.watch_restarts.labels("unavailable" if isinstance(exc, RegistryUnavailable)
+                                                   else "refused").inc()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             else:

@@ -33,7 +33,11 @@ class AgentMetrics:
                                        "Leases in etcd not routed to (outside the network, overlapping ours or "
                                        "another host's, bad BackendData), counted when first seen, by reason",
                                        ["reason"], registry=r)
-        self.etcd_errors = Counter("netd_etcd_errors", "Failed etcd calls, by operation", ["op"], registry=r)
+        self.etcd_errors = Counter("netd_etcd_errors", "Failed etcd calls, by operation and kind (unavailable: "
+                                   "etcd could not answer; refused: it said no, e.g. permission denied)",
+                                   ["op", "kind"], registry=r)
+        self.task_failures = Counter("netd_task_failures", "Background tasks (sync, watch, keepalive) that raised "
+                                     "and were restarted", ["task"], registry=r)
         self._dataplane_stats: Callable[[], dict[str, int]] | None = None
         self._dataplane_features: Callable[[], set[str]] | None = None
         r.register(_FastPathCollector(self))

@@ -98,3 +98,50 @@ def test_lost_lease_is_reacquired_with_the_same_subnet(ns, tmp_path, ttl):
             agent.close()
 
     asyncio.run(main())
+
+
+class FlakyKeepalive(MemoryRegistry):
+    """MemoryRegistry (held to the etcd contract) whose keepalive has a bug the first two times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bugs = 2
+
+    async def keepalive(self, lease_id: int) -> int:
+        if self.bugs:
+            self.bugs -= 1
+            raise RuntimeError("a bug in keepalive")
+        return await super().keepalive(lease_id)
+
+
+def test_a_task_that_dies_is_logged_counted_shown_on_readyz_and_restarted(ns, tmp_path, caplog):
+    async def main() -> None:
+        reg = FlakyKeepalive()
+        await reg.put_config(CONFIG)
+        agent, task = start_agent(reg, ns, tmp_path, lease_ttl=2)  # a keepalive every 0.67 s
+        seen_down: list[str] = []
+        try:
+            async def watch_readiness() -> None:
+                while True:
+                    ready, reason, _ = agent.readiness()
+                    if not ready and reason.startswith("task keepalive failed"):
+                        seen_down.append(reason)
+                    await asyncio.sleep(0.02)
+
+            watcher = asyncio.create_task(watch_readiness())
+            await until(lambda: reg.bugs == 0 and agent.metrics.task_failures.labels("keepalive")._value.get() == 2,
+                        timeout=10)
+            await until(lambda: agent.readiness()[0] and "keepalive" not in agent.failed_tasks, timeout=10)
+            watcher.cancel()
+            assert seen_down and "RuntimeError: a bug in keepalive" in seen_down[0]
+            assert agent.readiness()[2]["task_restarts"] == {"keepalive": 2}
+            first = agent.lease
+            await asyncio.sleep(3)  # longer than the lease's TTL: the restarted keepalive holds it
+            assert agent.lease == first and (await reg.list_subnets()).find(first.subnet) is not None
+            assert "task keepalive failed; restarting it" in caplog.text and "a bug in keepalive" in caplog.text
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 10)
+            agent.close()
+
+    asyncio.run(main())
