@@ -495,6 +495,29 @@ int fp_set_routes(struct fp *fp, const fp_route *routes, int n) {
     return 0;
 }
 
+int fp_get_routes(struct fp *fp, fp_route *out, int max) {
+    /* Under the writer lock no swap happens, so the current table cannot be freed meanwhile. */
+    pthread_mutex_lock(&fp->writer);
+    const struct fp_table *t = atomic_load(&fp->table);
+    int n = 0;
+    for (uint32_t i = 0; t && i <= t->mask; i++) {
+        const struct slot *sl = &t->slots[i];
+        if (sl->used && n++ < max)
+            out[n - 1] = (fp_route){.net = sl->net, .plen = sl->plen, .peer_ip = sl->peer_ip,
+                                    .peer_port = sl->peer_port, .family = 4};
+    }
+    for (uint32_t i = 0; t && i <= t->mask6; i++) {
+        const struct slot6 *sl = &t->slots6[i];
+        if (sl->used && n++ < max) {
+            out[n - 1] = (fp_route){.plen = sl->plen, .peer_ip = sl->peer_ip, .peer_port = sl->peer_port, .family = 6};
+            store_be64(out[n - 1].net6, sl->hi);
+            store_be64(out[n - 1].net6 + 8, sl->lo);
+        }
+    }
+    pthread_mutex_unlock(&fp->writer);
+    return n;
+}
+
 uint64_t fp_lookup_loop(struct fp *fp, uint32_t addr, uint64_t iterations) {
     int k = 0, free_slot = 0;
     while (k < HZ_TESTS && !atomic_compare_exchange_strong(&fp->test_claimed[k], &free_slot, 1)) {

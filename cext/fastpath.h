@@ -81,6 +81,9 @@ void fp_get_stats(const struct fp *fp, fp_stats *out);
 
 /* Replace the whole route table atomically while traffic flows. Returns 0 or -ENOMEM/-EINVAL. */
 int fp_set_routes(struct fp *fp, const fp_route *routes, int n);
+/* The table the threads route by, read back (up to max routes into out, in no order); returns how
+ * many it holds (more than max: call again with room for them). */
+int fp_get_routes(struct fp *fp, fp_route *out, int max);
 
 /* The pieces, exposed for tests (and used by the threads). */
 uint16_t fp_checksum(const uint8_t *buf, size_t len);

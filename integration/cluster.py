@@ -122,8 +122,9 @@ class ClusterBase:
         raise NotImplementedError
 
     # -- built on the primitives -------------------------------------------------------------
-    def readyz(self, i: int) -> tuple[bool, dict[str, object]]:
-        url = f"http://127.0.0.1:{HEALTHZ_PORT}/readyz"
+    def http_json(self, i: int, path: str) -> tuple[bool, dict[str, object]]:
+        """GET a JSON path of host i's netd (/readyz, /dataplane): (status 200, body)."""
+        url = f"http://127.0.0.1:{HEALTHZ_PORT}{path}"
         probe = ("import json,urllib.request,urllib.error\n"
                  f"try:\n r=urllib.request.urlopen('{url}',timeout=3); print(r.status, r.read().decode())\n"
                  "except urllib.error.HTTPError as e: print(e.code, e.read().decode())\n"
@@ -134,6 +135,9 @@ class ClusterBase:
             return status == "200", json.loads(body)
         except ValueError:
             return False, {"reason": f"no answer: {out!r}"}
+
+    def readyz(self, i: int) -> tuple[bool, dict[str, object]]:
+        return self.http_json(i, "/readyz")
 
     def wait_ready(self, *hosts: int, timeout: float = 30) -> None:
         for i in hosts or range(1, self.size + 1):
@@ -170,12 +174,23 @@ class ClusterBase:
         return {str(v4) for v4, _ in peers} | {str(v6) for _, v6 in peers if dual and v6 is not None}
 
     def overlay_routes(self, i: int) -> set[str]:
-        """Peer subnets host i's data path routes, as netd reports them (any backend)."""
-        ready, body = self.readyz(i)
-        return set(body.get("routes", [])) if ready else set()  # type: ignore[call-overload]
+        """Peer subnets host i's data path routes, read from the data path, not from netd's
+        report of what it did: the kernel's routes of netd (vxlan, host-gw); for udp, the table the
+        fast path's threads route by (read back from C through /dataplane), counted only while the
+        kernel routes the cluster network into flannel0."""
+        ok, view = self.http_json(i, "/dataplane")
+        if not ok or view.get("backend") is None:
+            return set()
+        if view["backend"] != "udp":
+            return self.routes(i)
+        network = self.subnet_env(i).get("FLANNEL_NETWORK")
+        kernel = json.loads(self.exec(i, "ip", "-j", "route", "show", "dev", "flannel0", check=False).stdout or "[]")
+        if network is None or network not in {r.get("dst") for r in kernel}:
+            return set()
+        return set(view.get("routes", []))  # type: ignore[call-overload]
 
     def wait_mesh(self, timeout: float = 15) -> None:
-        """Until every host's netd routes exactly the other hosts' subnets."""
+        """Until every host's data path routes exactly the other hosts' subnets."""
         for i in range(1, self.size + 1):
             wait_for(lambda i=i: self.overlay_routes(i) == self.peer_subnets(i), timeout,
                      lambda i=i: f"host {i} routes {self.overlay_routes(i)} != peers {self.peer_subnets(i)}")
@@ -448,9 +463,9 @@ class Cluster(ClusterBase):
         finally:
             conn.close()
 
-    def readyz(self, i: int) -> tuple[bool, dict[str, object]]:
+    def http_json(self, i: int, path: str) -> tuple[bool, dict[str, object]]:
         try:
-            status, body = self.http_get(i, "/readyz")
+            status, body = self.http_get(i, path)
         except OSError as exc:
             return False, {"reason": f"healthz unreachable: {exc}"}
         return status == 200, json.loads(body)
@@ -475,6 +490,48 @@ class Cluster(ClusterBase):
         self.close()
 
 
+def capture(argv: Sequence[str]) -> subprocess.Popen[str]:
+    """Start tcpdump (``argv``: the whole command, e.g. ``in_ns(ns, "tcpdump", "-l", ...)``) and
+    return once it captures (its "listening on" line), so nothing sent afterwards is missed."""
+    p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    said = ""
+    while "listening on" not in said:  # after "verbose output suppressed, ..."
+        line = p.stderr.readline()
+        if not line:
+            p.kill()
+            raise AssertionError(f"tcpdump did not start: {said}")
+        said += line
+    return p
+
+
+def wait_stable(read: object, timeout: float, still: float = 0.5, interval: float = 0.1) -> object:
+    """Poll ``read()`` until its value has not changed for ``still`` seconds; that value."""
+    deadline = time.monotonic() + timeout
+    value, since = read(), time.monotonic()  # type: ignore[operator]
+    while time.monotonic() - since < still:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still changing after {timeout}s: {value!r}")
+        time.sleep(interval)
+        now = read()  # type: ignore[operator]
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
+
+
+def reconcile_runs(c: ClusterBase, i: int) -> float:
+    """netd_reconcile_runs_total of host i (read from its /metrics)."""
+    _, text = c.http_get(i, "/metrics")  # type: ignore[attr-defined]
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("netd_reconcile_runs_total"))
+
+
+def wait_resyncs(c: ClusterBase, hosts: Sequence[int], n: int = 2, timeout: float = 20) -> None:
+    """Until each host has run ``n`` more full reconciles: whatever they would change, they have."""
+    start = {i: reconcile_runs(c, i) for i in hosts}
+    for i in hosts:
+        wait_for(lambda i=i: reconcile_runs(c, i) >= start[i] + n, timeout, f"host {i} does not resync")
+
+
 def wait_for(cond: object, timeout: float, message: object = "condition", interval: float = 0.1) -> None:
     """Poll ``cond()`` until true or fail with ``message`` (a string or a callable giving one)."""
     deadline = time.monotonic() + timeout
@@ -487,4 +544,4 @@ def wait_for(cond: object, timeout: float, message: object = "condition", interv
         time.sleep(interval)
 
 
-__all__ = ["Cluster", "Container", "ETCDCTL", "Host", "wait_for"]
+__all__ = ["Cluster", "Container", "ETCDCTL", "Host", "capture", "wait_for", "wait_resyncs", "wait_stable"]

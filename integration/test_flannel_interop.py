@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from integration.cluster import Cluster, wait_for
+from integration.cluster import Cluster, wait_for, wait_resyncs
 from integration.test_udp import stats, tcp_hashed, tool, wait_listening
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -128,14 +128,8 @@ def test_a_bogus_lease_never_becomes_a_route_and_is_reported(make_cluster):
     log = c.netd_log(1)
     for key in bogus:
         assert log.count(f"lease not routed to: {key}:") == 1, key  # one warning each, not one per resync
-    runs = reconcile_runs(c, 1)
-    wait_for(lambda: reconcile_runs(c, 1) >= runs + 2, 10, "no resync")
+    wait_resyncs(c, (1,))
     assert rejected() == {"outside_network": 2.0, "overlaps_own": 1.0}
     assert c.routes(1) == {str(c.subnet(2))}
     assert all(c.netd_log(1).count(f"lease not routed to: {key}:") == 1 for key in bogus)
     assert c.exec(1, "ip", "route", "get", "192.168.77.1", check=False).stdout.split()[2] == "10.250.0.254"
-
-
-def reconcile_runs(c: Cluster, i: int) -> float:
-    _, text = c.http_get(i, "/metrics")
-    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("netd_reconcile_runs_total"))

@@ -16,7 +16,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 
-from integration.cluster import Cluster, Container, in_ns, wait_for
+from integration.cluster import Cluster, Container, capture, in_ns, wait_for, wait_stable
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -164,9 +164,7 @@ def test_spoofed_packets_are_dropped_and_counted(make_cluster):
     victim = c.add_container(1)
     dst = str(victim.ip)
     h2_addr = str(c.subnet(2).network_address + 9)
-    capture = subprocess.Popen(in_ns(victim.name, "tcpdump", "-n", "-l", "-c", "1", "-i", "eth0", "icmp"),
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    time.sleep(1)
+    cap = capture(in_ns(victim.name, "tcpdump", "-n", "-l", "-c", "1", "-i", "eth0", "icmp"))
     forged = bytes(IP(src=h2_addr, dst=dst) / ICMP(id=4242))  # claims to come from host 2's subnet
     send_raw(c, c.host(3).ns, c.host(1).ip, [forged] * 5)     # ... but is sent by host 3
     send_raw(c, c.underlay_ns, c.host(1).ip, [forged] * 5)    # ... or by a non-member
@@ -174,7 +172,7 @@ def test_spoofed_packets_are_dropped_and_counted(make_cluster):
     send_raw(c, c.host(2).ns, c.host(1).ip, [outsider] * 3)
     genuine = bytes(IP(src=h2_addr, dst=dst) / ICMP(id=7))   # the real owner may send it
     send_raw(c, c.host(2).ns, c.host(1).ip, [genuine])
-    out, _ = capture.communicate(timeout=10)
+    out, _ = cap.communicate(timeout=10)
     assert f"{h2_addr} > {dst}: ICMP echo request, id 7" in out  # the first packet seen is the genuine one
     drops = stats(c, 1)["drops"]
     assert drops["rx/spoofed"] == 10 and drops["rx/no_route"] == 3
@@ -195,7 +193,7 @@ def test_a_million_random_datagrams_are_all_counted_as_drops(make_cluster):
     out = subprocess.run(in_ns(c.underlay_ns, sys.executable, "-m", "integration.tools", "random-udp",
                                c.host(1).ip, "8285", "1000000", "3"), capture_output=True, text=True, timeout=600)
     assert out.stdout.strip() == "1000000"
-    time.sleep(1)
+    wait_stable(lambda: (snmp(), sum(stats(c, 1)["drops"].values())), 30)  # everything sent is in
     after = snmp()
     delivered = after["InDatagrams"] - before["InDatagrams"]
     overflow = after["RcvbufErrors"] - before["RcvbufErrors"]
@@ -289,9 +287,7 @@ def test_dual_stack_ip_masq_masquerades_ipv6_leaving_the_cluster(make_cluster):
     c.exec(1, "ip", "addr", "add", "fd99::11/64", "dev", "eth0", "nodad")
 
     def source_seen(ns: str, dev: str, dst: str, src: Container) -> str:
-        cap = subprocess.Popen(in_ns(ns, "tcpdump", "-n", "-l", "-c", "1", "-i", dev, "icmp6 and ip6[40] == 128"),
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(1.0)
+        cap = capture(in_ns(ns, "tcpdump", "-n", "-l", "-c", "1", "-i", dev, "icmp6 and ip6[40] == 128"))
         ok = c.ping(src, dst, count=2).returncode == 0
         try:
             line = cap.communicate(timeout=10)[0]

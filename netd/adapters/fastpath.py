@@ -80,6 +80,16 @@ class FastPath:
     def routes(self) -> tuple[UdpRoute, ...]:
         return self._routes
 
+    def table_routes(self) -> tuple[UdpRoute, ...]:
+        """The routes the C threads route by, read back from their table (not from Python's copy)."""
+        room = len(self._routes) + 8
+        while True:
+            out = ffi.new("fp_route[]", room)
+            n = lib.fp_get_routes(self._fp, out, room)
+            if n <= room:
+                return tuple(sorted((route_from_c(out[i]) for i in range(n)), key=UdpRoute.sort_key))
+            room = n + 8
+
     def stats(self) -> dict[str, int]:
         out = ffi.new("fp_stats *")
         lib.fp_get_stats(self._fp, out)
@@ -116,21 +126,21 @@ def route_array(routes: tuple[UdpRoute, ...]) -> object:
     return arr
 
 
+def route_from_c(r: Any) -> UdpRoute:
+    subnet: Subnet = ipaddress.IPv6Network((bytes(r.net6), r.plen)) if r.family == 6 \
+        else ipaddress.IPv4Network((r.net, r.plen))
+    return UdpRoute(subnet, ipaddress.IPv4Address(r.peer_ip), r.peer_port)
+
+
 def lookup(routes: Iterable[UdpRoute], addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> UdpRoute | None:
     """The C table's longest-prefix match, for tests: build a table, look up, free."""
     routes = tuple(routes)
     table = lib.fp_table_build(route_array(routes), len(routes))
     try:
         out = ffi.new("fp_route *")
-        if addr.version == 6:
-            if not lib.fp_table_lookup6(table, addr.packed, out):
-                return None
-            subnet: Subnet = ipaddress.IPv6Network((bytes(out.net6), out.plen))
-        else:
-            if not lib.fp_table_lookup(table, int(addr), out):
-                return None
-            subnet = ipaddress.IPv4Network((out.net, out.plen))
-        return UdpRoute(subnet, ipaddress.IPv4Address(out.peer_ip), out.peer_port)
+        found = lib.fp_table_lookup6(table, addr.packed, out) if addr.version == 6 \
+            else lib.fp_table_lookup(table, int(addr), out)
+        return route_from_c(out) if found else None
     finally:
         lib.fp_table_free(table)
 

@@ -1,4 +1,4 @@
-"""/healthz, /readyz and /metrics on --healthz-port (stdlib server in a thread)."""
+"""/healthz, /readyz, /metrics and /dataplane on --healthz-port (stdlib server in a thread)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ log = logging.getLogger(__name__)
 
 #: Returns (ready, reason, details) for /readyz.
 ReadinessProbe = Callable[[], tuple[bool, str, dict[str, object]]]
+#: Returns what the data path holds, read from it, for /dataplane (None: not yet there).
+DataplaneProbe = Callable[[], dict[str, object] | None]
 
 
 class HealthServer:
-    def __init__(self, address: str, port: int, readiness: ReadinessProbe, metrics: CollectorRegistry) -> None:
+    def __init__(self, address: str, port: int, readiness: ReadinessProbe, metrics: CollectorRegistry,
+                 dataplane: DataplaneProbe | None = None) -> None:
         probe, registry = readiness, metrics
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +41,15 @@ class HealthServer:
                     self._send(200 if ready else 503, body + b"\n", "application/json")
                 elif path == "/metrics":
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/dataplane" and dataplane is not None:
+                    try:
+                        view = dataplane()
+                    except Exception as exc:  # noqa: BLE001 - reported to the caller, not fatal
+                        view, error = None, f"{type(exc).__name__}: {exc}"
+                    else:
+                        error = "no backend yet"
+                    body = json.dumps(view if view is not None else {"error": error}).encode() + b"\n"
+                    self._send(200 if view is not None else 503, body, "application/json")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 

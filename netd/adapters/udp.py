@@ -215,10 +215,11 @@ class UdpBackend:
                             self.tun, exc)
 
     def observe(self) -> DataplaneState:
-        return DataplaneState(routes=frozenset(Route(r.subnet, r.peer_ip) for r in self.fast.routes))
+        """The fast path's table as the C threads hold it (read back, not Python's copy)."""
+        return DataplaneState(routes=frozenset(Route(r.subnet, r.peer_ip) for r in self.fast.table_routes()))
 
     def apply(self, plan: DataplanePlan) -> list[str]:
-        table = {r.subnet: r for r in self.fast.routes}
+        table = {r.subnet: r for r in self.fast.table_routes()}
         for r in plan.del_routes:
             table.pop(r.dst, None)
         for r in plan.add_routes:

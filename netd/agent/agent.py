@@ -112,6 +112,18 @@ class Agent:
             return False, f"task {name} failed ({why}); restarting it", details
         return st.ready, st.reason, details
 
+    def dataplane_view(self) -> dict[str, object] | None:
+        """What the data path holds now, read from it: the kernel's routes, neighbours and FDB
+        entries (vxlan, host-gw), or the table the udp fast path's threads route by. For /dataplane;
+        called from the HTTP thread, it runs on the dataplane thread like every kernel operation."""
+        backend = self.backend
+        if backend is None:
+            return None
+        state = self._dataplane.submit(backend.observe).result(timeout=5)
+        return {"backend": backend.name, "routes": sorted(str(r.dst) for r in state.routes),
+                "neighbours": sorted(f"{n.ip} {n.mac}" for n in state.neighbours),
+                "fdb": sorted(f"{f.mac} {f.dst}" for f in state.fdb)}
+
     def _set_status(self, ready: bool, reason: str, **details: object) -> None:
         if (ready, reason) != (self.status.ready, self.status.reason):
             log.log(logging.INFO if ready else logging.WARNING, "readiness: %s (%s)",

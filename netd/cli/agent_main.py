@@ -89,9 +89,10 @@ async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> 
     agent = Agent(registry, backend_for, opts, metrics)
     health = None
     if args.healthz_port:
-        health = HealthServer(args.healthz_ip, args.healthz_port, agent.readiness, metrics.registry)
+        health = HealthServer(args.healthz_ip, args.healthz_port, agent.readiness, metrics.registry,
+                              agent.dataplane_view)
         health.start()
-        log.info("serving /healthz, /readyz, /metrics on %s:%d", args.healthz_ip, health.port)
+        log.info("serving /healthz, /readyz, /metrics, /dataplane on %s:%d", args.healthz_ip, health.port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop)

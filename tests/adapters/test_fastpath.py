@@ -300,3 +300,14 @@ def test_route_updates_never_wait_for_a_sender_stuck_on_a_full_socket(ns):
             flood.wait()
     finally:
         fp.close()
+
+
+def test_the_table_the_threads_route_by_reads_back_as_set(fast):
+    routes = [UdpRoute(N("10.5.7.0/24"), A("192.0.2.7"), 8285), UdpRoute(N("10.5.0.0/16"), A("192.0.2.1"), 8286),
+              UdpRoute(ipaddress.IPv6Network("fd00:5:0:7::/64"), A("192.0.2.7"), 8285)]
+    assert fast.table_routes() == ()
+    fast.set_routes(routes)
+    assert set(fast.table_routes()) == set(routes)
+    many = [UdpRoute(N((0x0A050000 + (j << 8), 24)), A("192.0.2.9"), 8285) for j in range(200)]
+    fast.set_routes(many)  # more than the first guess of room
+    assert set(fast.table_routes()) == set(many)
