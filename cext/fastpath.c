@@ -232,9 +232,12 @@ uint16_t fp_checksum(const uint8_t *buf, size_t len) {
     return ntohs((uint16_t)~csum_fold(csum_add(buf, len, 0)));
 }
 
-/* Finish a CHECKSUM_PARTIAL packet: the field holds the pseudo-header sum. */
+/* Finish a CHECKSUM_PARTIAL packet: the field holds the pseudo-header sum. The range must lie
+ * past the IP header (found by the structured fuzz: a vnet header saying csum_start 0 had the sum
+ * written over the IP header's first bytes). */
 static int complete_csum(uint8_t *pkt, size_t len, uint16_t start, uint16_t off) {
-    if ((size_t)start + off + 2 > len)
+    size_t l3 = (pkt[0] >> 4) == 4 ? (size_t)(pkt[0] & 0x0f) * 4 : 40;
+    if (l3 < 20 || start < l3 || (size_t)start + off + 2 > len)
         return -1;
     uint16_t c = (uint16_t)~csum_fold(csum_add(pkt + start, len - start, 0));
     /* a UDP checksum that sums to 0 is sent as 0xffff (0 means "none", which IPv6 forbids); the
@@ -767,11 +770,20 @@ static int tx_kind(const struct vnet_hdr *vh, uint8_t *pkt, size_t plen) {
     return TX_SINGLE;
 }
 
-/* The route for the packet's destination: 1 found, 0 none (no_route), -1 malformed. */
+/* The route for the packet's destination: 1 found, 0 none (no_route), -1 malformed (what the
+ * peer's RX check would refuse: a length field that disagrees with the packet, an IHL below 5). */
 static int tx_route(const struct fp_table *t, const uint8_t *pkt, size_t len, fp_route *rt) {
-    if (len >= 1 && (pkt[0] >> 4) == 6) /* IPv6 (dual-stack leases): the destination at 24 */
-        return len < 40 ? -1 : fp_table_lookup6(t, pkt + 24, rt);
-    if (len < 20 || (pkt[0] >> 4) != 4)
+    uint16_t field;
+    if (len >= 1 && (pkt[0] >> 4) == 6) { /* IPv6 (dual-stack leases): the destination at 24 */
+        if (len < 40)
+            return -1;
+        memcpy(&field, pkt + 4, 2);
+        return (size_t)ntohs(field) + 40 != len ? -1 : fp_table_lookup6(t, pkt + 24, rt);
+    }
+    if (len < 20 || (pkt[0] >> 4) != 4 || (pkt[0] & 0x0f) < 5)
+        return -1;
+    memcpy(&field, pkt + 2, 2);
+    if (ntohs(field) != len)
         return -1;
     uint32_t d;
     memcpy(&d, pkt + 16, 4);

@@ -5,7 +5,11 @@
   udp-recv PORT SECONDS      print JSON {received, corrupt} for datagrams that carry their own digest
   udp-send IP PORT N SIZES.. send N datagrams of those sizes (cycled) with a digest, print N
   raw-udp IP PORT HEXFILE    send each line of HEXFILE (hex) as one datagram from port 0
-  random-udp IP PORT N SEED  send N datagrams of random bytes and random lengths (1..1500)
+  random-udp IP PORT N SEED [DST SOURCE...]
+                             send N datagrams: random bytes of random lengths (1..1500), or, with
+                             DST and SOURCEs, three in four built to get past each check in turn
+                             (integration.packets.hostile_rx: valid checksums, lying lengths, every
+                             IHL, fragments, ...) with inner sources from SOURCEs, and some empty
   flannel-udp TUN PORT SUBNET=IP...
                              a flannel udp host's data path: open TUN (IFF_TUN|IFF_NO_PI, as
                              flannel's proxy does), print "listening", then send each packet read
@@ -26,6 +30,8 @@ import socket
 import struct
 import sys
 import time
+
+from integration.packets import hostile_rx
 
 CHUNK = 1 << 20
 
@@ -115,7 +121,7 @@ def raw_udp(ip: str, port: int, hexfile: str) -> None:
     print(n, flush=True)
 
 
-def random_udp(ip: str, port: int, n: int, seed: int) -> None:
+def random_udp(ip: str, port: int, n: int, seed: int, dst: str | None = None, sources: list[str] | None = None) -> None:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
     rng = random.Random(seed)
@@ -125,7 +131,9 @@ def random_udp(ip: str, port: int, n: int, seed: int) -> None:
         size = rng.randint(1, 1500)
         off = rng.randint(0, len(pool) - size)
         data = bytearray(pool[off:off + size])
-        if i % 4 == 0 and size >= 20:  # a quarter look like IPv4 headers, to get past the first check
+        if dst and sources and i % 4:
+            data = bytearray(hostile_rx(rng, sources, dst) if i % 1000 else b"")
+        elif i % 4 == 0 and size >= 20:  # a quarter look like IPv4 headers, to get past the first check
             data[0] = 0x45
             struct.pack_into("!H", data, 2, size)
         while True:
@@ -177,7 +185,7 @@ def main(argv: list[str]) -> int:
     elif cmd == "raw-udp":
         raw_udp(args[0], int(args[1]), args[2])
     elif cmd == "random-udp":
-        random_udp(args[0], int(args[1]), int(args[2]), int(args[3]))
+        random_udp(args[0], int(args[1]), int(args[2]), int(args[3]), *(args[4:5] or [None]), args[5:] or None)
     elif cmd == "flannel-udp":
         flannel_udp(args[0], int(args[1]), args[2:])
     else:

@@ -166,7 +166,7 @@ def _parse_range(obj: Mapping[str, Any], f: _Family) -> tuple[Any, int, Any, Any
         raise ConfigError(f"{subnet_min} is not in the {f.network} {network}", f.subnet_min)
     subnet_max = _ip_field(obj, f.subnet_max, f.version)
     if subnet_max is None:
-        subnet_max = network.broadcast_address + 1 - size
+        subnet_max = network.broadcast_address - (size - 1)  # (+ 1 - size overflows for the top network)
     elif subnet_max not in network:
         raise ConfigError(f"{subnet_max} is not in the {f.network} {network}", f.subnet_max)
     for name, value in ((f.subnet_min, subnet_min), (f.subnet_max, subnet_max)):

@@ -115,3 +115,12 @@ def test_invalid_dual_stack_configs_name_the_field(fields, message):
     with pytest.raises(ConfigError) as err:
         parse_network_config('{"Network":"10.5.0.0/16",' + fields + "}", source="cfg")
     assert message in str(err.value)
+
+
+def test_the_topmost_network_gets_its_last_subnet_as_subnet_max():
+    """Found by the property tests: SubnetMax's default overflowed past 255.255.255.255."""
+    cfg = parse_network_config('{"Network":"255.0.0.0/8","Backend":{"Type":"udp"}}')
+    assert str(cfg.subnet_max) == "255.255.255.0"
+    dual = parse_network_config('{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"ffff::/16",'
+                                '"Backend":{"Type":"udp"}}')
+    assert dual.ipv6 is not None and str(dual.ipv6.subnet_max) == "ffff:ffff:ffff:ffff::"
