@@ -19,17 +19,28 @@ def read_cdef() -> str:
 
 
 CDEF = read_cdef()
+CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"]
 
-ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
-ffibuilder.set_source(
-    "netd._fastpath",
-    '#include "fastpath.h"',
-    sources=[os.path.relpath(os.path.join(HERE, "fastpath.c"))],
-    include_dirs=[os.path.relpath(HERE)],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-pthread"],
-    extra_link_args=["-pthread"],
-)
+
+def make_builder(extra_cflags: tuple[str, ...] = (), extra_ldflags: tuple[str, ...] = (),
+                 absolute: bool = False) -> FFI:
+    """The cffi builder of netd._fastpath; scripts/sanitizers builds the same sources again with
+    ASan+UBSan or TSan flags into a directory of its own (absolute paths: cffi compiles there)."""
+    where = os.path.abspath if absolute else os.path.relpath
+    builder = FFI()
+    builder.cdef(CDEF)
+    builder.set_source(
+        "netd._fastpath",
+        '#include "fastpath.h"',
+        sources=[where(os.path.join(HERE, "fastpath.c"))],
+        include_dirs=[where(HERE)],
+        extra_compile_args=[*CFLAGS, *extra_cflags],
+        extra_link_args=["-pthread", *extra_ldflags],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -17,6 +17,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from integration.etcd import EtcdCluster, EtcdServer  # noqa: E402
 
+# scripts/sanitizers: the same tests against another build of the C fast path (ASan+UBSan, TSan),
+# found first on netd's package path.
+if os.environ.get("NETD_FASTPATH_BUILD"):
+    import netd
+
+    netd.__path__.insert(0, os.path.join(os.environ["NETD_FASTPATH_BUILD"], "netd"))
+    import netd._fastpath
+
+    assert netd._fastpath.__file__.startswith(os.environ["NETD_FASTPATH_BUILD"]), netd._fastpath.__file__
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 _prefixes = itertools.count(1)
 
