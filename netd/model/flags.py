@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 #: The spellings a boolean variable accepts (case-insensitive); anything else is refused.
@@ -85,18 +84,6 @@ def parse_log_level(text: str) -> str:
     if level not in LOG_LEVELS:
         raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, found {text!r}")
     return level
-
-
-def parse_choice(choices: tuple[str, ...]) -> Callable[[str], str]:
-    """A parser that accepts exactly one of ``choices``."""
-
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, found {text!r}")
-        return text
-
-    parse.__name__ = "choice"
-    return parse
 
 
 def parse_endpoints(spec: str) -> list[tuple[str, int, bool]]:
