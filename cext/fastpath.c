@@ -448,11 +448,12 @@ struct fp {
     fp_stats stats; /* updated with relaxed atomic adds once per batch */
 };
 
-/* A read or write on the TUN failed in a way that retrying cannot mend (the device was deleted:
- * EBADFD, EIO, ENODEV...). Recorded once, counted, and announced on the caller's eventfd; the
- * threads then stop polling the TUN (it would report POLLERR at once, forever) until Python
- * re-creates it, which it does by closing this instance and opening a new one. */
-static int tun_gone(int err) { return err != EAGAIN && err != EINTR && err != ENOBUFS && err != EMSGSIZE && err != EINVAL; }
+/* A read or write on the TUN failed in a way that retrying cannot mend: the device was deleted
+ * (the kernel then answers EBADFD: the file lost its device). Recorded once, counted, and announced
+ * on the caller's eventfd; the threads then stop polling the TUN (it would report POLLERR at once,
+ * forever) until Python re-creates it, which it does by closing this instance and opening a new
+ * one. Not EIO: a write to a TUN that is merely down fails with EIO (counted as tun_error). */
+static int tun_gone(int err) { return err == EBADFD || err == ENODEV || err == ENXIO; }
 
 static void tun_lost(struct fp *fp, int err) {
     int none = 0;
@@ -956,7 +957,7 @@ static void tx_service(struct fp *fp, struct tx_state *s) {
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno != EAGAIN) /* not drained: the TUN is gone (EBADFD once it is deleted) */
+            if (tun_gone(errno)) /* else EAGAIN: drained */
                 tun_lost(fp, errno);
             break;
         }

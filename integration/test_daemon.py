@@ -69,6 +69,24 @@ def test_a_second_netd_exits_at_once_touching_nothing(make_cluster):
     assert c.readyz(1)[0] and c.netd_pid(1) is not None
 
 
+def test_a_healthz_port_in_use_is_a_clear_error_at_start(make_cluster):
+    c = make_cluster(1)
+    c.set_config(UDP)
+    squatter = c.popen(1, sys.executable, "-c", "import socket,time\ns=socket.create_server(('0.0.0.0',9180))\n"
+                       "print('bound',flush=True)\ntime.sleep(600)")
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "bound"
+        c.start_netd(1)
+        h = c.host(1)
+        assert h.proc is not None and h.proc.wait(timeout=60) == 2
+        log = c.netd_log(1)
+        assert "--healthz-port: cannot serve on 0.0.0.0:9180: Address already in use" in log, log[-2000:]
+        assert "Traceback" not in log
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
 def open_fds(c: Cluster, i: int) -> int:
     """The fewest fds netd held over half a second (an HTTP connection of the test's own may be
     open at any one moment)."""
@@ -101,11 +119,16 @@ def test_a_backend_that_fails_to_start_leaks_no_fds(make_cluster):
     c.wait_ready(1, timeout=10)  # the port is free again: the backend starts
 
 
-def test_a_tun_deleted_under_traffic_is_recreated_and_counted(make_cluster):
+@pytest.mark.parametrize("etcd", ["up", "down"])
+def test_a_tun_deleted_under_traffic_is_recreated_and_counted(make_cluster, etcd):
+    """Also while etcd is away: the repair needs nothing of etcd's (the routes are the fast path's)."""
     c = make_cluster(2)
     start_udp(c)
     a, b = c.add_container(1), c.add_container(2)
     assert c.can_ping(a, b.ip)
+    if etcd == "down":
+        assert c.etcd is not None
+        c.etcd.kill()
     pinger = subprocess.Popen(in_ns(a.name, "ping", "-n", "-i", "0.05", "-c", "100", "-W", "1", str(b.ip)),
                               stdout=subprocess.PIPE, text=True)
     wait_for(lambda: stats(c, 1)["packets"]["tx"] > 20, 10, "no traffic")
@@ -117,10 +140,12 @@ def test_a_tun_deleted_under_traffic_is_recreated_and_counted(make_cluster):
           f"({worst * 50} ms)")
     assert seqs[-1] == 100 and worst <= 10, out[-1500:]  # recovered: the ping's tail got through
     assert metric(c, 1, "netd_fastpath_tun_failures_total") == 1
-    ready, body = c.readyz(1)
-    assert ready and body["tun_recoveries"] == 1, body
     assert "TUN flannel0 is gone" in c.netd_log(1)
     tcp_hashed(a, b, b.ip, 5, timeout=60)  # offloads and all, as before
+    if etcd == "down":
+        c.etcd.start()
+    wait_for(lambda: c.readyz(1)[0], 20, lambda: c.readyz(1))
+    assert c.readyz(1)[1]["tun_recoveries"] == 1
 
 
 def test_a_route_cache_that_cannot_be_saved_is_removed_logged_and_counted(make_cluster):

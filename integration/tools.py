@@ -31,8 +31,6 @@ import struct
 import sys
 import time
 
-from integration.packets import hostile_rx
-
 CHUNK = 1 << 20
 
 
@@ -132,6 +130,8 @@ def random_udp(ip: str, port: int, n: int, seed: int, dst: str | None = None, so
         off = rng.randint(0, len(pool) - size)
         data = bytearray(pool[off:off + size])
         if dst and sources and i % 4:
+            from integration.packets import hostile_rx  # (tools.py also runs alone, copied onto the VMs)
+
             data = bytearray(hostile_rx(rng, sources, dst) if i % 1000 else b"")
         elif i % 4 == 0 and size >= 20:  # a quarter look like IPv4 headers, to get past the first check
             data[0] = 0x45

@@ -47,15 +47,20 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], stopping: as
                     max_backoff: float = 30.0) -> None:
     """Run ``body`` until ``stopping`` is set: when it raises, log the traceback, report the failure
     (counted, shown on /readyz), and run it again after a back-off (0.5 s, doubling). A task of the
-    agent never dies silently, taking the lease's keepalive or the watch with it."""
+    agent never dies silently, taking the lease's keepalive or the watch with it. A body that ran for
+    a minute before it failed starts again from the shortest back-off."""
     backoff = 0.5
+    loop = asyncio.get_running_loop()
     while not stopping.is_set():
+        started = loop.time()
         try:
             await body()
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if loop.time() - started >= 60:
+                backoff = 0.5
             log.exception("task %s failed; restarting it in %.1fs", name, backoff)
             on_failure(name, exc)
         try:

@@ -273,6 +273,15 @@ class EtcdRegistry:
         revision = max((get.header.revision for get in kvs), default=0)
         return self._snapshot(kvs, revision)
 
+    async def _take_spare_or_grant(self, ttl: int) -> int:
+        """The spare lease of a lost race if it has this TTL (else it is revoked), or a new one."""
+        spare, self._spare = self._spare, None
+        if spare is not None and spare[0] == ttl:
+            return spare[1]
+        if spare is not None:
+            self._background.spawn(self._revoke_quietly(spare[1]), "revoke spare lease")
+        return await self._grant(ttl)
+
     async def _grant(self, ttl: int) -> int:
         granted = await self._call("grant lease", lambda c: c.lease(ttl))
         return int(granted.id)
@@ -282,12 +291,7 @@ class EtcdRegistry:
         ipv6_subnet: ipaddress.IPv6Network | None = None,
     ) -> Lease:
         key = self._key(subnet, ipv6_subnet)
-        lease_id = 0
-        if ttl > 0:
-            spare, self._spare = self._spare, None
-            lease_id = spare[1] if spare is not None and spare[0] == ttl else await self._grant(ttl)
-            if spare is not None and spare[0] != ttl:
-                self._background.spawn(self._revoke_quietly(spare[1]), "revoke spare lease")
+        lease_id = await self._take_spare_or_grant(ttl) if ttl > 0 else 0
         # Create-if-absent for every key form that names this IPv4 subnet: one compare on the exact
         # name would let a v4-only and a dual-stack key win one subnet.
         compare = [atx.Version(self._key(subnet)) == 0, *self._no_other_key_form(subnet)]
@@ -323,13 +327,20 @@ class EtcdRegistry:
         key = self._key(current.subnet, ipv6_subnet)
         old = self._key(current.subnet, current.ipv6_subnet)
         compare = [atx.Mod(old) == current.mod_revision, *self._no_other_key_form(current.subnet)]
-        lease_id = await self._grant(ttl) if ttl > 0 else 0
-        ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "rename subnet", delete=old)
+        lease_id = await self._take_spare_or_grant(ttl) if ttl > 0 else 0
+        try:
+            ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "rename subnet", delete=old)
+        except RegistryUnavailable:
+            if lease_id:
+                self._spare = (ttl, lease_id)
+            raise
         if not ok:
             if lease_id:
                 self._spare = (ttl, lease_id)
             raise ConflictError(f"subnet {current.subnet} changed or is held under another key since it was read",
                                 current=self._conflict_snapshot(responses))
+        if current.lease_id:  # the old key's lease holds nothing now
+            self._background.spawn(self._revoke_quietly(current.lease_id), "revoke the renamed key's lease")
         return self._lease_from_kv(responses[1][0][1])
 
     async def delete_subnet(

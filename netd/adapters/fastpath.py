@@ -6,8 +6,11 @@ fixed interface. cffi releases the GIL for every call, and the forwarding thread
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -57,27 +60,40 @@ class FastPath:
         self.offloads_requested = offloads
         self.threads = threads
         self._routes: tuple[UdpRoute, ...] = ()
+        self._lock = threading.Lock()
+
+    # Every call but lookup_loop holds _lock, and a closed instance answers without touching C: the
+    # HTTP thread reads stats while the dataplane thread may close this instance (a TUN recovery).
+    def _live(self) -> Any:
+        if self._fp == ffi.NULL:
+            raise DataplaneError(f"the fast path on {self.tun} is closed")
+        return self._fp
 
     @property
     def features(self) -> set[str]:
-        on = lib.fp_features(self._fp)
+        with self._lock:
+            on = lib.fp_features(self._fp) if self._fp != ffi.NULL else 0
         return {name for name, bit in FEATURES.items() if on & bit}
 
     def start(self) -> None:
-        rc = lib.fp_start(self._fp, self.threads)
+        with self._lock:
+            rc = lib.fp_start(self._live(), self.threads)
         if rc != 0:
-            raise DataplaneError(f"starting the fast path threads failed: errno {-rc}")
+            raise DataplaneError(f"starting the fast path threads failed: errno {-rc} ({os.strerror(-rc)})",
+                                 errno=-rc)
 
     def set_routes(self, routes: Iterable[UdpRoute]) -> None:
         """Replace the route table atomically (traffic keeps flowing through the swap)."""
         routes = tuple(sorted(set(routes), key=UdpRoute.sort_key))
-        rc = lib.fp_set_routes(self._fp, route_array(routes), len(routes))
+        with self._lock:
+            rc = lib.fp_set_routes(self._live(), route_array(routes), len(routes))
         if rc != 0:
             raise DataplaneError(f"fp_set_routes failed: errno {-rc}")
         self._routes = routes
 
     @property
     def routes(self) -> tuple[UdpRoute, ...]:
+        """The routes last set (kept after close, for a successor)."""
         return self._routes
 
     def table_routes(self) -> tuple[UdpRoute, ...]:
@@ -85,32 +101,40 @@ class FastPath:
         room = len(self._routes) + 8
         while True:
             out = ffi.new("fp_route[]", room)
-            n = lib.fp_get_routes(self._fp, out, room)
+            with self._lock:
+                n = lib.fp_get_routes(self._live(), out, room)
             if n <= room:
                 return tuple(sorted((route_from_c(out[i]) for i in range(n)), key=UdpRoute.sort_key))
             room = n + 8
 
     def stats(self) -> dict[str, int]:
+        """The counters (all 0 once closed)."""
         out = ffi.new("fp_stats *")
-        lib.fp_get_stats(self._fp, out)
+        with self._lock:
+            if self._fp != ffi.NULL:
+                lib.fp_get_stats(self._fp, out)
         return {name: int(getattr(out, name)) for name in STAT_FIELDS}
 
     def tun_error(self) -> int:
-        """0 while the TUN works; the errno that found it gone (deleted), for good."""
-        return int(lib.fp_tun_error(self._fp))
+        """0 while the TUN works; the errno that found it gone (deleted), for good (EBADFD once closed)."""
+        with self._lock:
+            return int(lib.fp_tun_error(self._fp)) if self._fp != ffi.NULL else errno.EBADFD
 
     def notify_tun_loss(self, event_fd: int) -> None:
         """Write 1 to this eventfd when the threads find the TUN gone."""
-        lib.fp_set_event_fd(self._fp, event_fd)
+        with self._lock:
+            lib.fp_set_event_fd(self._live(), event_fd)
 
     def lookup_loop(self, addr: ipaddress.IPv4Address, iterations: int) -> int:  # IPv4: the threads' path
-        """Misses among ``iterations`` lookups through the threads' lock-free path (tests)."""
-        return int(lib.fp_lookup_loop(self._fp, int(addr), iterations))
+        """Misses among ``iterations`` lookups through the threads' lock-free path (tests; not under
+        _lock, so that several run at once: never call it with a close in flight)."""
+        return int(lib.fp_lookup_loop(self._live(), int(addr), iterations))
 
     def close(self) -> None:
-        if self._fp != ffi.NULL:
-            lib.fp_close(self._fp)
-            self._fp = ffi.NULL
+        with self._lock:
+            if self._fp != ffi.NULL:
+                lib.fp_close(self._fp)
+                self._fp = ffi.NULL
 
 
 def route_array(routes: tuple[UdpRoute, ...]) -> object:

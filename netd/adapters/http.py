@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,10 @@ log = logging.getLogger(__name__)
 ReadinessProbe = Callable[[], tuple[bool, str, dict[str, object]]]
 #: Returns what the data path holds, read from it, for /dataplane (None: not yet there).
 DataplaneProbe = Callable[[], dict[str, object] | None]
+
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6  # --healthz-ip "::" or another IPv6 address
 
 
 class HealthServer:
@@ -56,7 +61,8 @@ class HealthServer:
             def log_message(self, fmt: str, *args: object) -> None:
                 log.debug("http: " + fmt, *args)
 
-        self._server = ThreadingHTTPServer((address, port), Handler)
+        server_class = _Server6 if ":" in address else ThreadingHTTPServer
+        self._server = server_class((address, port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="healthz", daemon=True)

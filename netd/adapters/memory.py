@@ -113,6 +113,12 @@ class MemoryRegistry:
             raise ConflictError(f"subnet {subnet} is already held", current=self._snapshot())
         return self._put(key, attrs, self._grant(ttl) if ttl > 0 else 0)
 
+    def put_key(self, name: str, attrs: LeaseAttrs) -> None:
+        """Write subnets/<name> with no guard and no lease, as any etcd client (etcdctl) could: for
+        tests of what others write."""
+        self._tick()
+        self._put(name, attrs, 0)
+
     async def update_subnet(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         self._tick()
         key = current.key

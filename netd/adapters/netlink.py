@@ -104,6 +104,10 @@ class Backend(Protocol):
 
     def clear_fault(self) -> None: ...
 
+    def needs_repair(self) -> str | None:
+        """Why the data path is broken now in a way configure_own repairs (a lost TUN), or None."""
+        ...
+
     def health(self) -> dict[str, object]:
         """What /readyz shows of the data path beyond the routes (e.g. TUN recoveries)."""
         ...
@@ -141,6 +145,9 @@ class _NetlinkBackend:
         return None  # the kernel's devices and routes: the resync repairs them
 
     def clear_fault(self) -> None:
+        return None
+
+    def needs_repair(self) -> str | None:
         return None
 
     def health(self) -> dict[str, object]:

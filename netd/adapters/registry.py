@@ -36,6 +36,10 @@ class Snapshot:
                 return lease
         return None
 
+    def find_key(self, key: str) -> Lease | None:
+        """The lease under exactly this key name (``10.5.9.0-24`` or a dual-stack name)."""
+        return next((lease for lease in self.leases if lease.key == key), None)
+
 
 @dataclass(frozen=True)
 class SubnetEvent:

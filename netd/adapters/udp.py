@@ -114,6 +114,10 @@ class UdpBackend:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._events)
 
+    def needs_repair(self) -> str | None:
+        lost = self.fast.tun_error()
+        return f"TUN {self.tun} is gone ({os.strerror(lost)}): re-creating it" if lost else None
+
     def health(self) -> dict[str, object]:
         return {"tun_recoveries": self.tun_recoveries} if self.tun_recoveries else {}
 

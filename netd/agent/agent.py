@@ -107,6 +107,11 @@ class Agent:
             details["etcd_refused"] = self.etcd_refusal
         if self.task_restarts:
             details["task_restarts"] = dict(self.task_restarts)
+        if self.backend is not None:
+            details.update(self.backend.health())  # live, not as of the last sync
+        broken = self.backend.needs_repair() if self.backend is not None else None
+        if broken:
+            return False, broken, details
         if self.failed_tasks:  # a loop is down until its restart: the host is not what it says it is
             name, why = sorted(self.failed_tasks.items())[0]
             return False, f"task {name} failed ({why}); restarting it", details
@@ -250,6 +255,10 @@ class Agent:
             self._set_status(False, f"internal error: {exc!r}")
 
     async def _sync(self) -> None:
+        backend = self.backend
+        if backend is not None and self.lease is not None and backend.needs_repair():
+            # before anything of etcd's: a deleted TUN comes back with the routes it had, etcd or not
+            await self._on_dataplane(backend.configure_own, self.lease)
         raw = await self.registry.get_config()
         self._etcd_ok()
         if raw is None:
@@ -324,7 +333,6 @@ class Agent:
                 True, "lease held, routes in place, subnet.env written",
                 subnet=str(own.subnet), public_ip=str(own.attrs.public_ip), peers=len(peers),
                 backend=backend.name, routes=sorted(str(r.dst) for r in desired.routes),
-                **backend.health(),
             )
 
     def _warn_on_change(self, topic: str, items: Iterable[H], fmt: str) -> list[H]:
@@ -345,7 +353,9 @@ class Agent:
         previous: ipaddress.IPv4Network | None
         previous_ipv6: ipaddress.IPv6Network | None
         if self.lease is not None:
-            current = snap.find(self.lease.subnet)
+            # our key by its name: another key for the same subnet (a bogus one, or another form that
+            # sorts first) must not make us think we lost it
+            current = snap.find_key(self.lease.key)
             if current is not None and current.attrs.public_ip == self.opts.public_ip:
                 if current.attrs != attrs:
                     current = await self.leaser.update(current, attrs, None)

@@ -78,8 +78,9 @@ class _FastPathCollector:
         for field, (family, label) in _FAST_PATH_COUNTERS.items():
             families[family].add_metric([label], stats.get(field, 0))
         yield from families.values()
-        yield CounterMetricFamily("netd_fastpath_tun_failures", "Times the TUN was found gone (deleted) and "
-                                  "re-created", value=stats.get("tun_failures", 0))
+        yield CounterMetricFamily("netd_fastpath_tun_failures", "Times the fast path found its TUN gone "
+                                  "(deleted); each is followed by a re-creation (tun_recoveries on /readyz)",
+                                  value=stats.get("tun_failures", 0))
         yield CounterMetricFamily("netd_state_save_errors", "Failed saves of the udp route cache (--state-dir); "
                                   "each removes the old cache", value=stats.get("state_save_errors", 0))
         drops = CounterMetricFamily("netd_fastpath_drops", "Packets dropped, by direction and reason",

@@ -89,8 +89,12 @@ async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> 
     agent = Agent(registry, backend_for, opts, metrics)
     health = None
     if args.healthz_port:
-        health = HealthServer(args.healthz_ip, args.healthz_port, agent.readiness, metrics.registry,
-                              agent.dataplane_view)
+        try:
+            health = HealthServer(args.healthz_ip, args.healthz_port, agent.readiness, metrics.registry,
+                                  agent.dataplane_view)
+        except OSError as exc:  # the port taken, an address this host does not have
+            raise ConfigError(f"cannot serve on {args.healthz_ip}:{args.healthz_port}: {exc.strerror or exc}",
+                              "--healthz-port") from exc
         health.start()
         log.info("serving /healthz, /readyz, /metrics, /dataplane on %s:%d", args.healthz_ip, health.port)
     loop = asyncio.get_running_loop()

@@ -76,6 +76,7 @@ class DataplanePlan:
 
 #: Why a lease was not taken as a peer (the label of netd_leases_rejected_total).
 OUTSIDE_NETWORK = "outside_network"
+BAD_PUBLIC_IP = "bad_public_ip"
 OVERLAPS_OWN = "overlaps_own"
 CONFLICT = "conflict"
 BAD_BACKEND_DATA = "bad_backend_data"
@@ -109,7 +110,8 @@ def select_peers(cfg: NetworkConfig, own: Lease, leases: Iterable[Lease],
                  backend_type: str) -> tuple[list[Lease], list[Skipped]]:
     """The other hosts' leases we route to, in subnet order, and the ones refused, with why.
 
-    A peer is a lease of our backend type (peer_backend_matches) whose subnet is a /SubnetLen
+    A peer is a lease of our backend type (peer_backend_matches), with a PublicIP a host can have
+    (not 0.0.0.0, loopback, multicast or broadcast), whose subnet is a /SubnetLen
     inside Network (and, when we are dual-stack, whose IPv6 subnet is a /IPv6SubnetLen inside
     IPv6Network) and overlaps neither our own subnets nor another host's: a key for the whole
     network, a foreign network or our own subnet, written into etcd by a buggy tool or anyone with
@@ -123,7 +125,10 @@ def select_peers(cfg: NetworkConfig, own: Lease, leases: Iterable[Lease],
         if lease.attrs.public_ip == own.attrs.public_ip or not peer_backend_matches(backend_type,
                                                                                     lease.attrs.backend_type):
             continue  # ours (also a stale key of ours), or a host of another backend (flannel ignores those)
-        if not _fits(lease.subnet, cfg.network, cfg.subnet_len):
+        ip = lease.attrs.public_ip
+        if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+            skipped.append(Skipped(lease.key, BAD_PUBLIC_IP, f"PublicIP {ip} is no address a host can be reached at"))
+        elif not _fits(lease.subnet, cfg.network, cfg.subnet_len):
             skipped.append(Skipped(lease.key, OUTSIDE_NETWORK,
                                    f"{lease.subnet} is not a /{cfg.subnet_len} inside the Network {cfg.network}"))
         elif v6 is not None and lease.ipv6_subnet is not None and not _fits(lease.ipv6_subnet, v6.network,

@@ -102,6 +102,8 @@ def _ip_field(obj: Mapping[str, Any], name: str, version: int) -> ipaddress.IPv4
     value = obj.get(name)
     if value in (None, "", "0.0.0.0", "::"):
         return None
+    if not isinstance(value, str):
+        raise ConfigError(f"expected an IPv{version} address, found {value!r}", name)
     try:
         addr = ipaddress.ip_address(value)
     except (ValueError, TypeError) as exc:
@@ -134,6 +136,8 @@ def _parse_range(obj: Mapping[str, Any], f: _Family) -> tuple[Any, int, Any, Any
     raw_net = obj.get(f.network)
     if not raw_net:
         raise ConfigError(f"missing (an IPv{f.version} CIDR such as {f.example} is required)", f.network)
+    if not isinstance(raw_net, str):  # ipaddress would take an integer (or true) for an address
+        raise ConfigError(f"expected an IPv{f.version} CIDR, found {raw_net!r}", f.network)
     try:
         network = ipaddress.ip_network(raw_net, strict=False)
     except (ValueError, TypeError) as exc:

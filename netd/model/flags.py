@@ -28,8 +28,14 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}, found {text!r}")
 
 
+#: etcd's longest lease TTL (MaxLeaseTTL), in seconds.
+MAX_LEASE_TTL = 9_000_000_000
+#: The shortest resync interval worth having (a shorter one only burns CPU).
+MIN_INTERVAL = 0.01
+
+
 def parse_duration(text: str) -> int:
-    """``24h``, ``30m``, ``90s`` or plain seconds -> whole seconds, at least 1."""
+    """``24h``, ``30m``, ``90s`` or plain seconds -> whole seconds, 1 up to etcd's longest lease TTL."""
     body = text.strip()
     unit = _UNITS.get(body[-1:], 0)
     number = body[:-1] if unit else body
@@ -40,6 +46,8 @@ def parse_duration(text: str) -> int:
     seconds = value * (unit or 1)
     if not math.isfinite(seconds) or seconds < 1:
         raise ValueError(f"expected a duration of at least 1s such as 24h, 30m or 90s, found {text!r}")
+    if seconds > MAX_LEASE_TTL:
+        raise ValueError(f"expected at most {MAX_LEASE_TTL}s (etcd's longest lease), found {text!r}")
     return int(seconds)
 
 
@@ -55,13 +63,13 @@ def parse_port(text: str) -> int:
 
 
 def parse_seconds(text: str) -> float:
-    """A positive, finite number of seconds (fractions allowed)."""
+    """A finite number of seconds, at least MIN_INTERVAL (fractions allowed)."""
     try:
         value = float(text.strip())
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"expected a number of seconds above 0, found {text!r}")
+    if not math.isfinite(value) or value < MIN_INTERVAL:
+        raise ValueError(f"expected a number of seconds of at least {MIN_INTERVAL}, found {text!r}")
     return value
 
 

@@ -36,6 +36,10 @@ def parse_lease_key(name: str) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Net
         v6 = ipaddress.IPv6Network(f"{m[3]}/{m[4]}") if m[3] else None
     except ValueError as exc:  # host bits set, prefix out of range, a malformed address
         raise ValueError(f"not a subnet key: {name!r} ({exc})") from exc
+    # Only the one spelling flannel (and netd) write: another (10.5.9.0-024, fd00:0::-64) would name
+    # a subnet that create-if-absent, which compares key names, could not see.
+    if format_subnet_key(v4, v6) != name:
+        raise ValueError(f"not a subnet key: {name!r} (written {format_subnet_key(v4, v6)!r} by flannel and netd)")
     return v4, v6
 
 
@@ -74,15 +78,22 @@ class LeaseAttrs:
             raise ConfigError(f"{source}: not valid JSON ({exc})") from exc
         if not isinstance(obj, dict):
             raise ConfigError(f"{source}: expected a JSON object, found {type(obj).__name__}")
-        try:
-            public_ip = ipaddress.IPv4Address(obj.pop("PublicIP"))
-        except (KeyError, ValueError) as exc:
-            raise ConfigError(f"{source}: PublicIP: expected an IPv4 address") from exc
-        backend_type = obj.pop("BackendType", "") or ""
-        backend_data = obj.pop("BackendData", None) or {}
-        if not isinstance(backend_data, dict):
+        raw_ip = obj.pop("PublicIP", None)
+        try:  # a string: ipaddress would also take the integer 5 for 0.0.0.5
+            public_ip = ipaddress.IPv4Address(raw_ip if isinstance(raw_ip, str) else None)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: PublicIP: expected an IPv4 address, found {raw_ip!r}") from exc
+        backend_type = obj.pop("BackendType", None)
+        if backend_type is None:  # absent (flannel's udp backend writes none) or null
+            backend_type = ""
+        elif not isinstance(backend_type, str):
+            raise ConfigError(f"{source}: BackendType: expected a string, found {backend_type!r}")
+        backend_data = obj.pop("BackendData", None)
+        if backend_data is None:
+            backend_data = {}
+        elif not isinstance(backend_data, dict):
             raise ConfigError(f"{source}: BackendData: expected an object, found {backend_data!r}")
-        return cls(public_ip, str(backend_type), backend_data, obj)
+        return cls(public_ip, backend_type, backend_data, obj)
 
 
 @dataclass(frozen=True)

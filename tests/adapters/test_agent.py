@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 from pyroute2 import IPRoute
+from pyroute2 import netns as pnetns
 
 from netd.adapters.memory import MemoryRegistry
 from netd.adapters.netlink import VxlanBackend, find_underlay
@@ -15,6 +18,15 @@ from netd.agent.agent import Agent, AgentOptions
 from netd.model import LeaseAttrs, NetworkConfig
 
 CONFIG = b'{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
+
+
+@contextlib.contextmanager
+def pnetns_entered(ns: str) -> Iterator[None]:
+    pnetns.pushns(ns)
+    try:
+        yield
+    finally:
+        pnetns.popns()
 
 
 def peer(i: int) -> LeaseAttrs:
@@ -106,12 +118,15 @@ class FlakyKeepalive(MemoryRegistry):
     def __init__(self) -> None:
         super().__init__()
         self.bugs = 2
+        self.kept_alive = 0
 
     async def keepalive(self, lease_id: int) -> int:
         if self.bugs:
             self.bugs -= 1
             raise RuntimeError("a bug in keepalive")
-        return await super().keepalive(lease_id)
+        ttl = await super().keepalive(lease_id)
+        self.kept_alive += ttl > 0
+        return ttl
 
 
 def test_a_task_that_dies_is_logged_counted_shown_on_readyz_and_restarted(ns, tmp_path, caplog):
@@ -136,9 +151,50 @@ def test_a_task_that_dies_is_logged_counted_shown_on_readyz_and_restarted(ns, tm
             assert seen_down and "RuntimeError: a bug in keepalive" in seen_down[0]
             assert agent.readiness()[2]["task_restarts"] == {"keepalive": 2}
             first = agent.lease
-            await asyncio.sleep(3)  # longer than the lease's TTL: the restarted keepalive holds it
-            assert agent.lease == first and (await reg.list_subnets()).find(first.subnet) is not None
+            kept = reg.kept_alive
+            await until(lambda: reg.kept_alive >= kept + 4, timeout=10)  # 4 x 0.67 s: past the 2 s TTL
+            assert agent.lease == first and (await reg.list_subnets()).find_key(first.key) is not None
             assert "task keepalive failed; restarting it" in caplog.text and "a bug in keepalive" in caplog.text
+        finally:
+            agent.stop()
+            await asyncio.wait_for(task, 10)
+            agent.close()
+
+    asyncio.run(main())
+
+
+DUAL = b'{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"udp"}}'
+
+
+def test_another_key_for_our_subnet_does_not_make_us_think_we_lost_it(ns, tmp_path):
+    """Our dual-stack key 10.5.X.0-24&fd00:...; a bogus v4-only key for the same subnet sorts before
+    it. The agent looks for its lease by its key: it stays, and the bogus one is refused as a peer."""
+    from netd.adapters.udp import UdpBackend
+
+    async def main() -> None:
+        reg = MemoryRegistry()
+        await reg.put_config(DUAL)
+
+        def make_backend(cfg: NetworkConfig) -> UdpBackend:
+            ipr = IPRoute(netns=ns)
+            with pnetns_entered(ns):
+                return UdpBackend(cfg, find_underlay(ipr, "eth0", None), ipr)
+
+        opts = AgentOptions(public_ip=ipaddress.IPv4Address("10.250.0.1"), subnet_file=str(tmp_path / "subnet.env"),
+                            resync_interval=0.2)
+        agent = Agent(reg, make_backend, opts)
+        task = asyncio.create_task(agent.run())
+        try:
+            await until(lambda: agent.status.ready)
+            ours = agent.lease
+            assert ours is not None and ours.ipv6_subnet is not None
+            bogus = f"{ours.subnet.network_address}-{ours.subnet.prefixlen}"
+            reg.put_key(bogus, LeaseAttrs(ipaddress.IPv4Address("10.250.0.66"), "udp", {}))
+            assert [x.key for x in (await reg.list_subnets()).leases if x.subnet == ours.subnet] == [bogus, ours.key]
+            runs = agent.metrics.reconcile_runs._value.get()
+            await until(lambda: agent.metrics.reconcile_runs._value.get() >= runs + 3)
+            assert agent.lease is not None and agent.lease.key == ours.key and agent.status.ready
+            assert agent.metrics.leases_rejected.labels("overlaps_own")._value.get() == 1
         finally:
             agent.stop()
             await asyncio.wait_for(task, 10)

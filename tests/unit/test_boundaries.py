@@ -234,6 +234,33 @@ def test_routes_to_delete_come_in_address_order():
 
 
 # -- flags ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ip", ["0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255"])
+def test_a_peer_needs_a_public_ip_a_host_can_have(ip):
+    own = vx("10.5.1.0/24", "192.0.2.1", "0e:00:00:00:00:01")
+    bad = vx("10.5.2.0/24", ip, "0e:00:00:00:00:02")
+    peers, skipped = select_peers(CFG, own, [own, bad], "vxlan")
+    assert peers == [] and [(str(s), s.reason) for s in skipped] == [
+        (f"10.5.2.0-24: PublicIP {ip} is no address a host can be reached at", "bad_public_ip")]
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b'{"PublicIP":5}', "lease: PublicIP: expected an IPv4 address, found 5"),
+    (b'{"PublicIP":"192.0.2.1","BackendType":5}', "lease: BackendType: expected a string, found 5"),
+    (b'{"PublicIP":"192.0.2.1","BackendType":false}', "lease: BackendType: expected a string, found False"),
+    (b'{"PublicIP":"192.0.2.1","BackendData":[]}', "lease: BackendData: expected an object, found []"),
+])
+def test_lease_fields_of_the_wrong_type_are_refused(raw, message):
+    with pytest.raises(ConfigError) as exc:
+        LeaseAttrs.from_json(raw)
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("key", ["10.5.9.0-024", "10.5.9.0-24&fd00:0::-64", "10.5.9.0-24&FD00::-64"])
+def test_only_the_spelling_flannel_writes_is_a_key(key):
+    with pytest.raises(ValueError, match=f"not a subnet key: {key!r}"):
+        parse_lease_key(key)
+
+
 def test_endpoints_skip_empty_items_anywhere():
     assert parse_endpoints(" ,http://a:1, ,https://b") == [("a", 1, False), ("b", 2379, True)]
 

@@ -53,15 +53,22 @@ def test_bad_ports(text):
         parse_port(text)
 
 
-@pytest.mark.parametrize("text,value", [("5", 5.0), ("0.25", 0.25), ("1e-3", 0.001)])
+@pytest.mark.parametrize("text,value", [("5", 5.0), ("0.25", 0.25), ("1e-2", 0.01), ("0.01", 0.01)])
 def test_seconds(text, value):
     assert parse_seconds(text) == value
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "abc", "nan", "inf", ""])
+@pytest.mark.parametrize("text", ["0", "-1", "abc", "nan", "inf", "", "0.009", "1e-9"])
 def test_bad_seconds(text):
-    with pytest.raises(ValueError, match=f"expected a number of seconds above 0, found {text!r}"):
+    with pytest.raises(ValueError, match=f"expected a number of seconds of at least 0.01, found {text!r}"):
         parse_seconds(text)
+
+
+def test_durations_stop_at_etcds_longest_lease():
+    assert parse_duration("9000000000") == 9_000_000_000
+    for text in ("9000000001", "2500001h", "1e30s"):
+        with pytest.raises(ValueError, match=f"expected at most 9000000000s .etcd's longest lease., found {text!r}"):
+            parse_duration(text)
 
 
 def test_addresses_and_levels():
@@ -143,7 +150,7 @@ def test_every_flag_reads_netd_environment(monkeypatch):
     ("NETD_UDP_THREADS", "x", "NETD_UDP_THREADS='x': invalid literal"),
     ("NETD_UDP_OFFLOADS", "on", "NETD_UDP_OFFLOADS='on': expected one of auto, off"),
     ("NETD_SUBNET_LEASE_TTL", "0", "NETD_SUBNET_LEASE_TTL='0': expected a duration of at least 1s"),
-    ("NETD_RESYNC_INTERVAL", "fast", "NETD_RESYNC_INTERVAL='fast': expected a number of seconds above 0"),
+    ("NETD_RESYNC_INTERVAL", "fast", "NETD_RESYNC_INTERVAL='fast': expected a number of seconds of at least"),
     ("NETD_PUBLIC_IP", "10.0.0", "NETD_PUBLIC_IP='10.0.0': expected an IPv4 address"),
     ("NETD_LOG_LEVEL", "verbose", "NETD_LOG_LEVEL='verbose': expected one of debug, info"),
     ("NETD_LOG_FORMAT", "xml", "NETD_LOG_FORMAT='xml': expected one of text, json"),
