@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -69,13 +70,20 @@ def test_a_second_netd_exits_at_once_touching_nothing(make_cluster):
     assert c.readyz(1)[0] and c.netd_pid(1) is not None
 
 
+def squat(c: Cluster, i: int, kind: int, port: int) -> subprocess.Popen[str]:
+    """A process of host i holding a port (socket.SOCK_DGRAM or SOCK_STREAM), once it holds it."""
+    p = c.popen(i, sys.executable, "-c", f"import socket,time\ns=socket.socket(socket.AF_INET,{kind})\n"
+                f"s.bind(('0.0.0.0',{port}))\ns.listen() if {kind}==socket.SOCK_STREAM else None\n"
+                "print('bound',flush=True)\ntime.sleep(600)")
+    assert p.stdout is not None and p.stdout.readline().strip() == "bound"
+    return p
+
+
 def test_a_healthz_port_in_use_is_a_clear_error_at_start(make_cluster):
     c = make_cluster(1)
     c.set_config(UDP)
-    squatter = c.popen(1, sys.executable, "-c", "import socket,time\ns=socket.create_server(('0.0.0.0',9180))\n"
-                       "print('bound',flush=True)\ntime.sleep(600)")
+    squatter = squat(c, 1, socket.SOCK_STREAM, 9180)
     try:
-        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "bound"
         c.start_netd(1)
         h = c.host(1)
         assert h.proc is not None and h.proc.wait(timeout=60) == 2
@@ -100,10 +108,8 @@ def open_fds(c: Cluster, i: int) -> int:
 def test_a_backend_that_fails_to_start_leaks_no_fds(make_cluster):
     c = make_cluster(1)
     c.set_config(UDP)
-    squatter = c.popen(1, sys.executable, "-c", "import socket,sys,time\ns=socket.socket(socket.AF_INET,"
-                       "socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',8285))\nprint('bound',flush=True)\ntime.sleep(600)")
+    squatter = squat(c, 1, socket.SOCK_DGRAM, 8285)
     try:
-        assert squatter.stdout is not None and squatter.stdout.readline().strip() == "bound"
         c.start_netd(1, resync=0.02)
         wait_for(lambda: "bind udp 8285: Address already in use" in str(c.readyz(1)[1].get("reason")), 10,
                  lambda: c.readyz(1))

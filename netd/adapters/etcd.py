@@ -290,22 +290,11 @@ class EtcdRegistry:
         self, subnet: ipaddress.IPv4Network, attrs: LeaseAttrs, ttl: int,
         ipv6_subnet: ipaddress.IPv6Network | None = None,
     ) -> Lease:
-        key = self._key(subnet, ipv6_subnet)
-        lease_id = await self._take_spare_or_grant(ttl) if ttl > 0 else 0
         # Create-if-absent for every key form that names this IPv4 subnet: one compare on the exact
         # name would let a v4-only and a dual-stack key win one subnet.
         compare = [atx.Version(self._key(subnet)) == 0, *self._no_other_key_form(subnet)]
-        try:
-            ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "create subnet")
-        except RegistryUnavailable:
-            if lease_id:
-                self._spare = (ttl, lease_id)
-            raise
-        if not ok:
-            if lease_id:
-                self._spare = (ttl, lease_id)
-            raise ConflictError(f"subnet {subnet} is already held", current=self._conflict_snapshot(responses))
-        return self._lease_from_kv(responses[1][0][1])
+        return await self._put_new_key(self._key(subnet, ipv6_subnet), compare, attrs, ttl, "create subnet",
+                                       f"subnet {subnet} is already held")
 
     async def update_subnet(self, current: Lease, attrs: LeaseAttrs, ttl: int | None) -> Lease:
         key = self._key(current.subnet, current.ipv6_subnet)
@@ -324,12 +313,22 @@ class EtcdRegistry:
 
     async def rename_subnet(self, current: Lease, ipv6_subnet: ipaddress.IPv6Network, attrs: LeaseAttrs,
                             ttl: int) -> Lease:
-        key = self._key(current.subnet, ipv6_subnet)
         old = self._key(current.subnet, current.ipv6_subnet)
         compare = [atx.Mod(old) == current.mod_revision, *self._no_other_key_form(current.subnet)]
+        lease = await self._put_new_key(
+            self._key(current.subnet, ipv6_subnet), compare, attrs, ttl, "rename subnet",
+            f"subnet {current.subnet} changed or is held under another key since it was read", delete=old)
+        if current.lease_id:  # the old key's lease holds nothing now
+            self._background.spawn(self._revoke_quietly(current.lease_id), "revoke the renamed key's lease")
+        return lease
+
+    async def _put_new_key(self, key: bytes, compare: list[Any], attrs: LeaseAttrs, ttl: int, what: str,
+                           conflict: str, delete: bytes | None = None) -> Lease:
+        """Put ``key`` bound to a lease of ``ttl`` (0: none) if ``compare`` holds; a lease granted for a
+        put that did not happen is kept as the spare for the next one."""
         lease_id = await self._take_spare_or_grant(ttl) if ttl > 0 else 0
         try:
-            ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, "rename subnet", delete=old)
+            ok, responses = await self._cas(key, compare, attrs.to_json(), lease_id, what, delete=delete)
         except RegistryUnavailable:
             if lease_id:
                 self._spare = (ttl, lease_id)
@@ -337,10 +336,7 @@ class EtcdRegistry:
         if not ok:
             if lease_id:
                 self._spare = (ttl, lease_id)
-            raise ConflictError(f"subnet {current.subnet} changed or is held under another key since it was read",
-                                current=self._conflict_snapshot(responses))
-        if current.lease_id:  # the old key's lease holds nothing now
-            self._background.spawn(self._revoke_quietly(current.lease_id), "revoke the renamed key's lease")
+            raise ConflictError(conflict, current=self._conflict_snapshot(responses))
         return self._lease_from_kv(responses[1][0][1])
 
     async def delete_subnet(

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from pyroute2 import IPRoute
-from pyroute2 import netns as pnetns
 
+from integration.cluster import entered
 from netd.adapters.memory import MemoryRegistry
 from netd.adapters.netlink import VxlanBackend, find_underlay
 from netd.agent.agent import Agent, AgentOptions
 from netd.model import LeaseAttrs, NetworkConfig
 
 CONFIG = b'{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}'
-
-
-@contextlib.contextmanager
-def pnetns_entered(ns: str) -> Iterator[None]:
-    pnetns.pushns(ns)
-    try:
-        yield
-    finally:
-        pnetns.popns()
 
 
 def peer(i: int) -> LeaseAttrs:
@@ -177,7 +166,7 @@ def test_another_key_for_our_subnet_does_not_make_us_think_we_lost_it(ns, tmp_pa
 
         def make_backend(cfg: NetworkConfig) -> UdpBackend:
             ipr = IPRoute(netns=ns)
-            with pnetns_entered(ns):
+            with entered(ns):
                 return UdpBackend(cfg, find_underlay(ipr, "eth0", None), ipr)
 
         opts = AgentOptions(public_ip=ipaddress.IPv4Address("10.250.0.1"), subnet_file=str(tmp_path / "subnet.env"),

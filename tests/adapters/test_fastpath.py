@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import json
@@ -12,12 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pyroute2 import netns as pnetns
 
+from integration.cluster import entered
 from netd.adapters.fastpath import FastPath, UdpRoute, load_route_cache, save_route_cache
 from netd.errors import DataplaneError
 
@@ -25,22 +23,10 @@ N = ipaddress.IPv4Network
 A = ipaddress.IPv4Address
 
 
-@contextlib.contextmanager
-def entered_ns(ns: str) -> Iterator[None]:
-    pnetns.pushns(ns)
-    try:
-        yield
-    finally:
-        pnetns.popns()
-
-
 @pytest.fixture
 def fast(ns):
-    pnetns.pushns(ns)
-    try:
+    with entered(ns):
         fp = FastPath("fptest0", A("0.0.0.0"), 18285)
-    finally:
-        pnetns.popns()
     yield fp
     fp.close()
 
@@ -87,11 +73,8 @@ def thread_names() -> list[str]:
 
 @pytest.mark.parametrize("threads,names", [(1, ["netd-fp"]), (2, ["netd-fp-rx", "netd-fp-tx"])])
 def test_thread_layouts(ns, threads, names):
-    pnetns.pushns(ns)
-    try:
+    with entered(ns):
         fp = FastPath("fptest1", A("0.0.0.0"), 18286, threads=threads)
-    finally:
-        pnetns.popns()
     try:
         before = thread_names()
         fp.start()
@@ -125,11 +108,8 @@ def test_the_route_cache_keeps_the_layout_and_ipv6_routes(tmp_path):
 
 # -- life cycle (issue 11, items 4-7) ---------------------------------------------------------------
 def open_in(ns: str, tun: str, port: int, offloads: bool = True, threads: int = 2) -> FastPath:
-    pnetns.pushns(ns)
-    try:
+    with entered(ns):
         return FastPath(tun, A("0.0.0.0"), port, offloads, threads)
-    finally:
-        pnetns.popns()
 
 
 def tun_offloads(ns: str, tun: str) -> dict[str, str]:
@@ -192,7 +172,7 @@ def test_zero_length_datagrams_are_counted(ns):
     fp = open_in(ns, "fptest5", 18290)
     try:
         fp.start()
-        with entered_ns(ns):
+        with entered(ns):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             for _ in range(3):
                 s.sendto(b"", ("10.250.0.1", 18290))
@@ -326,7 +306,7 @@ def test_a_tun_that_is_only_down_is_not_taken_for_deleted(ns):
     try:
         fp.set_routes([UdpRoute(N("10.5.2.0/24"), A("10.250.0.1"), 18295)])  # the sender below is the peer
         fp.start()
-        with entered_ns(ns):
+        with entered(ns):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("10.250.0.1", 0))
             s.sendto(ip4("10.5.2.7", "10.5.1.11", 17, b"\0\1\0\2\0\x0c\0\0data"), ("10.250.0.1", 18295))

@@ -215,18 +215,23 @@ def test_watch_from_a_compacted_revision_raises_compacted(subject):
     run(subject, body)
 
 
-def test_many_racing_creates_of_one_subnet_have_one_winner(subject):
+@pytest.mark.parametrize("forms", ["v4-only", "both"])
+def test_many_racing_creates_of_one_subnet_have_one_winner(subject, forms):
+    """20 racers for one IPv4 subnet, all under its v4-only key name or (both) every other one under a
+    dual-stack name: one winner, one key."""
     async def body(reg):
         async def attempt(i):
-            attrs = LeaseAttrs(ipaddress.IPv4Address(f"192.0.2.{i + 1}"), "vxlan", {})
+            attrs = LeaseAttrs(ipaddress.IPv4Address(f"192.0.2.{i + 1}"), "udp", {})
+            v6 = ipaddress.IPv6Network(f"fd00:0:0:{i}::/64") if forms == "both" and i % 2 else None
             try:
-                await reg.create_subnet(NET, attrs, 60)
+                await reg.create_subnet(NET, attrs, 60, ipv6_subnet=v6)
                 return True
             except ConflictError:
                 return False
 
         results = await asyncio.gather(*(attempt(i) for i in range(20)))
         assert results.count(True) == 1
+        assert len([x for x in (await reg.list_subnets()).leases if x.subnet == NET]) == 1
 
     run(subject, body)
 
@@ -268,24 +273,6 @@ def test_create_guards_every_key_form_of_the_ipv4_subnet(subject):
             await reg.create_subnet(other, OTHER, 60, ipv6_subnet=ipaddress.IPv6Network("fd00:0:0:9::/64"))
         assert sorted(x.key for x in (await reg.list_subnets()).leases) == [
             "10.5.7.0-24", "10.5.7.0-25", "10.5.70.0-24&fd00:0:0:7::-64", "10.5.8.0-24&fd00:0:0:8::-64"]
-
-    run(subject, body)
-
-
-def test_racing_creates_of_both_key_forms_have_one_winner(subject):
-    async def body(reg):
-        async def attempt(i):
-            attrs = LeaseAttrs(ipaddress.IPv4Address(f"192.0.2.{i + 1}"), "udp", {})
-            try:
-                await reg.create_subnet(NET, attrs, 60, ipv6_subnet=ipaddress.IPv6Network(
-                    f"fd00:0:0:{i}::/64") if i % 2 else None)
-                return True
-            except ConflictError:
-                return False
-
-        results = await asyncio.gather(*(attempt(i) for i in range(20)))
-        assert results.count(True) == 1
-        assert len([x for x in (await reg.list_subnets()).leases if x.subnet == NET]) == 1
 
     run(subject, body)
 

@@ -19,6 +19,7 @@ import pytest
 
 from integration.packets import csum, hostile_rx, ip4, tcp
 from netd.adapters.fastpath import UdpRoute, route_array
+from tests.unit.test_fastpath_c import rx_coalesce
 
 fp = pytest.importorskip("netd._fastpath", reason="the C extension is built by `pip install -e .`")
 ffi, lib = fp.ffi, fp.lib
@@ -84,22 +85,6 @@ def test_rx_accepts_exactly_what_the_rules_accept(seed):
 
 
 # -- RX: GRO trains of interleaved flows through the coalescer ------------------------------------------
-def coalesce(packets: list[bytes]) -> list[tuple[bytes, bytes]]:
-    blob = ffi.new("uint8_t[]", b"".join(packets) or b"\0")
-    lens = ffi.new("uint32_t[]", [len(p) for p in packets] or [0])
-    cap = sum(len(p) + 10 for p in packets) + 64
-    out = ffi.new("uint8_t[]", cap)
-    out_lens = ffi.new("uint32_t[]", len(packets) + 1)
-    n = lib.fp_rx_coalesce(blob, lens, len(packets), out, cap, out_lens, len(packets) + 1)
-    assert 0 <= n <= len(packets)
-    frames, off = [], 0
-    for i in range(n):
-        raw = bytes(ffi.buffer(out + off, out_lens[i]))
-        frames.append((raw[:10], raw[10:]))
-        off += out_lens[i]
-    return frames
-
-
 def flow_key(pkt: bytes) -> tuple:
     ihl = (pkt[0] & 0xF) * 4
     return (pkt[9], pkt[12:20], pkt[ihl:ihl + 4] if pkt[9] == 6 else b"")
@@ -156,7 +141,7 @@ def test_coalesced_trains_carry_every_byte_of_every_flow_in_order(seed):
     merged = frames_total = 0
     for _ in range(CASES // 10):
         packets = train(rng)
-        frames = coalesce(packets)
+        frames = rx_coalesce(packets)
         frames_total += len(frames)
         got: list[bytes] = []
         for vnet, pkt in frames:
