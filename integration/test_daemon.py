@@ -16,6 +16,7 @@ import pytest
 
 from integration.cluster import Cluster, in_ns, wait_for
 from integration.test_udp import UDP, start_udp, stats, tcp_hashed, udp_digested
+from netd.adapters.files import read_text
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -165,7 +166,7 @@ def test_a_route_cache_that_cannot_be_saved_is_removed_logged_and_counted(make_c
         c.start_netd(2)
         c.wait_ready(1, 2)
         cache = os.path.join(state, "udp-routes.json")
-        wait_for(lambda: "10.5." in read_or_empty(cache), 10, "no route cache")
+        wait_for(lambda: "10.5." in read_text(cache), 10, "no route cache")
         subprocess.run(["dd", "if=/dev/zero", f"of={state}/fill", "bs=4k"], capture_output=True)  # until full
         c.start_netd(3)  # a new peer: a new route table to save
         wait_for(lambda: metric(c, 1, "netd_state_save_errors_total") >= 1, 15,
@@ -176,14 +177,6 @@ def test_a_route_cache_that_cannot_be_saved_is_removed_logged_and_counted(make_c
         c.stop_netd(1)
     finally:
         subprocess.run(["umount", state], check=False)
-
-
-def read_or_empty(path: str) -> str:
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except OSError:
-        return ""
 
 
 def test_plain_mode_after_a_run_with_offloads_sends_valid_checksums(make_cluster):
