@@ -84,6 +84,29 @@ class Host:
         return os.path.join(self.workdir, "netd.log")
 
 
+#: Run on a host (python3 -c PROBE SUBNET_FILE PORT): what its data path holds, as JSON.
+_DATAPATH_PROBE = """
+import json, subprocess, sys, urllib.request
+def routes(*sel):
+    out = subprocess.run(["ip", "-j", "route", "show", *sel], capture_output=True, text=True).stdout
+    return [r.get("dst") for r in json.loads(out or "[]")]
+try:
+    view = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/dataplane", timeout=3))
+except Exception:
+    view = {}
+network = None
+try:
+    for line in open(sys.argv[1]):
+        if line.startswith("FLANNEL_NETWORK="):
+            network = line.strip().split("=", 1)[1]
+except OSError:
+    pass
+print(json.dumps({"backend": view.get("backend"), "fast_path_routes": view.get("routes", []),
+                  "netd_routes": routes("proto", "101"), "tun_routes": routes("dev", "flannel0"),
+                  "network": network}))
+"""
+
+
 class ClusterBase:
     """What scenario tests use, written once over a few primitives (exec, popen, copy_to, ...).
 
@@ -177,17 +200,21 @@ class ClusterBase:
         """Peer subnets host i's data path routes, read from the data path, not from netd's
         report of what it did: the kernel's routes of netd (vxlan, host-gw); for udp, the table the
         fast path's threads route by (read back from C through /dataplane), counted only while the
-        kernel routes the cluster network into flannel0."""
-        ok, view = self.http_json(i, "/dataplane")
-        if not ok or view.get("backend") is None:
+        kernel routes the cluster network into flannel0. One command on the host (on the VMs each
+        one is an ssh round trip)."""
+        out = self.exec(i, "python3", "-c", _DATAPATH_PROBE, self.subnet_file(i), str(HEALTHZ_PORT),
+                        check=False).stdout
+        try:
+            seen = json.loads(out)
+        except ValueError:
             return set()
-        if view["backend"] != "udp":
-            return self.routes(i)
-        network = self.subnet_env(i).get("FLANNEL_NETWORK")
-        kernel = json.loads(self.exec(i, "ip", "-j", "route", "show", "dev", "flannel0", check=False).stdout or "[]")
-        if network is None or network not in {r.get("dst") for r in kernel}:
+        if seen["backend"] is None:
             return set()
-        return set(view.get("routes", []))  # type: ignore[call-overload]
+        if seen["backend"] != "udp":
+            return set(seen["netd_routes"])
+        if seen["network"] is None or seen["network"] not in seen["tun_routes"]:
+            return set()
+        return set(seen["fast_path_routes"])
 
     def wait_mesh(self, timeout: float = 15) -> None:
         """Until every host's data path routes exactly the other hosts' subnets."""
