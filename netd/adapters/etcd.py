@@ -130,28 +130,20 @@ class _Client(aetcd.Client):
         self._connected.set()
 
 
-class EtcdRegistry:
-    def __init__(
-        self,
-        endpoints: str | Sequence[str],
-        prefix: str = "/coreos.com/network",
-        tls: EtcdTLS | None = None,
-        timeout: float = 5.0,
-    ) -> None:
+class EtcdConnection:
+    """One etcd client over TLS or plain gRPC, failing over across the endpoints: every call has a
+    deadline and its failure is classified (unavailable: fail over; refused: no; a bug: raised
+    as is). EtcdRegistry (flannel's keys) and EtcdObjectStore (netd's objects) are built on it."""
+
+    def __init__(self, endpoints: str | Sequence[str], tls: EtcdTLS | None = None, timeout: float = 5.0) -> None:
         spec = endpoints if isinstance(endpoints, str) else ",".join(endpoints)
         self._endpoints = parse_endpoints(spec)
         self._tls = tls or EtcdTLS()
         self._tls.validate()
         self._timeout = timeout
-        self._prefix = prefix.rstrip("/")
-        self._subnets_prefix = f"{self._prefix}/subnets/".encode()
-        self._config_key = f"{self._prefix}/config".encode()
         self._index = 0
         self._client: _Client | None = None
         self._trips = 0
-        # A lease granted for a create that lost its race, kept for the next create with the
-        # same TTL: a lost race then costs one transaction, not grant + txn + revoke.
-        self._spare: tuple[int, int] | None = None  # (ttl, lease id)
         self._background = Background()
 
     # -- connection ----------------------------------------------------------------------
@@ -210,6 +202,33 @@ class EtcdRegistry:
         if len(self._endpoints) > 1 or isinstance(exc, TimeoutError):
             self._fail_over()
         return RegistryUnavailable(f"etcd {what} at {endpoint} failed: {exc or type(exc).__name__}")
+
+    async def close(self) -> None:
+        await self._background.wait(self._timeout)
+        if self._client is not None:
+            client, self._client = self._client, None
+            await self._close_quietly(client)
+
+    @property
+    def round_trips(self) -> int:
+        return self._trips
+
+
+class EtcdRegistry(EtcdConnection):
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        prefix: str = "/coreos.com/network",
+        tls: EtcdTLS | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        super().__init__(endpoints, tls, timeout)
+        self._prefix = prefix.rstrip("/")
+        self._subnets_prefix = f"{self._prefix}/subnets/".encode()
+        self._config_key = f"{self._prefix}/config".encode()
+        # A lease granted for a create that lost its race, kept for the next create with the
+        # same TTL: a lost race then costs one transaction, not grant + txn + revoke.
+        self._spare: tuple[int, int] | None = None  # (ttl, lease id)
 
     # -- decoding --------------------------------------------------------------------------
     def _lease_from_kv(self, kv: Any) -> Lease:
@@ -413,14 +432,7 @@ class EtcdRegistry:
                 pass
 
     async def close(self) -> None:
-        await self._background.wait(self._timeout)
         if self._spare is not None:
             spare, self._spare = self._spare, None
             await self._revoke_quietly(spare[1])
-        if self._client is not None:
-            client, self._client = self._client, None
-            await self._close_quietly(client)
-
-    @property
-    def round_trips(self) -> int:
-        return self._trips
+        await super().close()

@@ -1,4 +1,4 @@
-"""`netctl`: the operator's CLI (config get/set, leases)."""
+"""`netctl`: the operator's CLI (config get/set, leases, stats; netd/v1 objects in netd.cli.specs_cmd)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 from netd.adapters.etcd import EtcdRegistry
 from netd.cli.common import FlagParser, add_etcd_flags, add_flag, config_key, make_registry
+from netd.cli.specs_cmd import SPEC_COMMANDS, add_spec_commands, run_spec_command
 from netd.errors import ConfigError, NetdError
 from netd.model import parse_network_config
 from netd.model.config import BACKEND_DEFAULTS, network_config_from_json
@@ -38,6 +39,8 @@ def build_parser() -> FlagParser:
 
     leases = sub.add_parser("leases", help="list subnet leases")
     leases.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    add_spec_commands(p, sub)
 
     stats = sub.add_parser("stats", help="the udp fast path's counters of the local netd (from its /metrics)")
     add_flag(stats, "--url", env="NETD_STATS_URL", default="http://127.0.0.1:9180/metrics",
@@ -156,6 +159,8 @@ async def list_leases(reg: EtcdRegistry, args: argparse.Namespace) -> int:
 async def run(args: argparse.Namespace) -> int:
     if args.cmd == "stats":
         return show_stats(args)
+    if args.cmd in SPEC_COMMANDS:
+        return await run_spec_command(args)
     reg = make_registry(args)
     try:
         if args.cmd == "config":

@@ -1,0 +1,198 @@
+"""The ObjectStore role: netd's own objects (netd/v1) in etcd under --netd-prefix (default /netd).
+
+Layout (one key per object, JSON values carrying their apiVersion):
+  * ``<prefix>/objects/<Kind>/<name>``: the document as the operator wrote it;
+  * ``<prefix>/ipam/<tenant>/<ip>``: ``{"endpoint": name}``, the claim that keeps an address to one
+    endpoint.
+Contract (tests/contract/test_object_store_contract.py runs it on both implementations):
+  * ``read`` is one consistent snapshot of both (one etcd transaction of two ranges) with its revision;
+  * ``commit(plan, stored)`` writes a plan in one transaction, all or nothing, and only if none of the
+    keys it touches changed since ``stored`` was read (a new key: absent; an old one: its
+    mod_revision), else ConflictError and nothing is written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import aetcd.rpc as arpc
+import aetcd.transactions as atx
+import aetcd.utils as autils
+
+from netd.adapters.etcd import EtcdConnection, EtcdTLS
+from netd.core.specplan import ClaimKey, ObjKey, Plan, Stored
+from netd.errors import ConflictError, RegistryRefused
+from netd.model.specs import SpecObject, parse_object, to_document
+
+#: etcd's default --max-txn-ops: more operations than this in one transaction are refused.
+MAX_TXN_OPS = 128
+
+
+class ObjectStore(Protocol):
+    async def read(self) -> tuple[Stored, list[str]]:
+        """The objects and claims, and the keys that could not be read (with why)."""
+        ...
+
+    async def commit(self, plan: Plan, stored: Stored) -> int:
+        """Apply ``plan`` if nothing it touches changed since ``stored``; the new revision."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _decode(kind_name: str, raw: bytes) -> tuple[SpecObject | None, str | None]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        return None, f"{kind_name}: not valid JSON ({exc})"
+    obj, issues = parse_object(value)
+    if obj is None:
+        return None, f"{kind_name}: " + "; ".join(f"{i.field}: {i.message}" for i in issues)
+    if f"{obj.kind}/{obj.metadata.name}" != kind_name:
+        return None, f"{kind_name}: holds {obj.kind} {obj.metadata.name}"
+    return obj, None
+
+
+def stored_from(objects: Sequence[tuple[str, bytes, int]], claims: Sequence[tuple[str, bytes, int]],
+                revision: int) -> tuple[Stored, list[str]]:
+    """Stored from (key below objects/, value, mod_revision) and (key below ipam/, ...) triples."""
+    out: dict[ObjKey, tuple[SpecObject, int]] = {}
+    bad: list[str] = []
+    for name, raw, rev in objects:
+        obj, why = _decode(name, raw)
+        if obj is None:
+            bad.append(f"objects/{why}")
+        else:
+            out[(obj.kind, obj.metadata.name)] = (obj, rev)
+    held: dict[ClaimKey, tuple[str, int]] = {}
+    for name, raw, rev in claims:
+        try:
+            tenant, ip = name.split("/", 1)
+            owner = json.loads(raw)["endpoint"]
+            held[(tenant, ipaddress.IPv4Address(ip))] = (str(owner), rev)
+        except (ValueError, KeyError, TypeError) as exc:
+            bad.append(f"ipam/{name}: {exc}")
+    return Stored(out, held, revision), bad
+
+
+def encode(obj: SpecObject) -> bytes:
+    return json.dumps(to_document(obj), sort_keys=True).encode()
+
+
+def claim_value(endpoint: str) -> bytes:
+    return json.dumps({"endpoint": endpoint}).encode()
+
+
+class EtcdObjectStore(EtcdConnection):
+    def __init__(self, endpoints: str | Sequence[str], prefix: str = "/netd", tls: EtcdTLS | None = None,
+                 timeout: float = 5.0) -> None:
+        super().__init__(endpoints, tls, timeout)
+        self.prefix = prefix.rstrip("/")
+        self._objects = f"{self.prefix}/objects/".encode()
+        self._ipam = f"{self.prefix}/ipam/".encode()
+
+    def object_key(self, key: ObjKey) -> bytes:
+        return self._objects + f"{key[0]}/{key[1]}".encode()
+
+    def claim_key(self, claim: ClaimKey) -> bytes:
+        return self._ipam + f"{claim[0]}/{claim[1]}".encode()
+
+    async def _txn(self, what: str, compare: list[Any], success: list[Any]) -> Any:
+        """One transaction, answered with etcd's own response (its header has the revision, which
+        aetcd's transaction() drops)."""
+
+        async def run(c: Any) -> Any:
+            await c.connect()  # (aetcd's own calls connect lazily too)
+            request = arpc.TxnRequest(compare=[x.build_message() for x in compare],
+                                      success=c._ops_to_requests(success), failure=[])
+            return await c.kvstub.Txn(request, timeout=self._timeout, metadata=c.metadata)
+
+        return await self._call(what, run)
+
+    async def read(self) -> tuple[Stored, list[str]]:
+        response = await self._txn("read objects", [], [
+            atx.Get(self._objects, autils.prefix_range_end(self._objects)),
+            atx.Get(self._ipam, autils.prefix_range_end(self._ipam))])
+        rows = [[(bytes(kv.key)[len(start):].decode(errors="replace"), bytes(kv.value), int(kv.mod_revision))
+                 for kv in r.response_range.kvs]
+                for start, r in zip((self._objects, self._ipam), response.responses, strict=True)]
+        return stored_from(rows[0], rows[1], int(response.header.revision))
+
+    async def commit(self, plan: Plan, stored: Stored) -> int:
+        compare: list[Any] = []
+        ops: list[Any] = []
+        for c in plan.changes:
+            key = self.object_key(c.key)
+            held = stored.objects.get(c.key)
+            compare.append(atx.Mod(key) == held[1] if held else atx.Version(key) == 0)
+            ops.append(atx.Delete(key) if c.after is None else atx.Put(key, encode(c.after)))
+        for claim, endpoint in sorted(plan.add_claims.items()):
+            key = self.claim_key(claim)
+            held_claim = stored.claims.get(claim)
+            compare.append(atx.Mod(key) == held_claim[1] if held_claim else atx.Version(key) == 0)
+            ops.append(atx.Put(key, claim_value(endpoint)))
+        for claim in plan.drop_claims:
+            key = self.claim_key(claim)
+            compare.append(atx.Mod(key) == stored.claims[claim][1])
+            ops.append(atx.Delete(key))
+        if len(ops) > MAX_TXN_OPS:
+            raise RegistryRefused(f"this apply writes {len(ops)} keys, more than etcd's default --max-txn-ops "
+                                  f"({MAX_TXN_OPS}) lets one transaction write: apply the files in parts, or raise "
+                                  "--max-txn-ops on the etcd members", code="INVALID_ARGUMENT")
+        if not ops:
+            return stored.revision
+        response = await self._txn("commit objects", compare, ops)
+        if not response.succeeded:
+            raise ConflictError("another apply changed these objects since they were read; nothing was written "
+                                "(run it again)")
+        return int(response.header.revision)
+
+
+class MemoryObjectStore:
+    """The same contract in memory (tests; held to it by tests/contract/test_object_store_contract.py)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[bytes, int]] = {}  # "objects/Kind/name" | "ipam/tenant/ip" -> (value, mod_rev)
+        self.revision = 1
+
+    async def read(self) -> tuple[Stored, list[str]]:
+        def rows(prefix: str) -> list[tuple[str, bytes, int]]:
+            return [(k[len(prefix):], v, rev) for k, (v, rev) in sorted(self.keys.items()) if k.startswith(prefix)]
+
+        return stored_from(rows("objects/"), rows("ipam/"), self.revision)
+
+    async def commit(self, plan: Plan, stored: Stored) -> int:
+        writes: dict[str, bytes | None] = {}
+        expect: dict[str, int] = {}  # 0: absent
+        for c in plan.changes:
+            key = f"objects/{c.key[0]}/{c.key[1]}"
+            held = stored.objects.get(c.key)
+            expect[key] = held[1] if held else 0
+            writes[key] = None if c.after is None else encode(c.after)
+        for claim, endpoint in plan.add_claims.items():
+            key = f"ipam/{claim[0]}/{claim[1]}"
+            held_claim = stored.claims.get(claim)
+            expect[key] = held_claim[1] if held_claim else 0
+            writes[key] = claim_value(endpoint)
+        for claim in plan.drop_claims:
+            key = f"ipam/{claim[0]}/{claim[1]}"
+            expect[key] = stored.claims[claim][1]
+            writes[key] = None
+        if not writes:
+            return stored.revision
+        if any(self.keys.get(k, (b"", 0))[1] != rev for k, rev in expect.items()):
+            raise ConflictError("another apply changed these objects since they were read; nothing was written "
+                                "(run it again)")
+        self.revision += 1
+        for key, value in writes.items():
+            if value is None:
+                self.keys.pop(key, None)
+            else:
+                self.keys[key] = (value, self.revision)
+        return self.revision
+
+    async def close(self) -> None:
+        return None

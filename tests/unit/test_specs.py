@@ -1,0 +1,182 @@
+"""netd/v1 objects: the schema, the rules between objects, the plan of an apply, its diff."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from netd.core.specplan import PlanError, Stored, endpoint_mac, free_address, plan_apply, plan_delete, render_plan
+from netd.model.specs import Endpoint, TenantNetwork, check_objects, object_key, parse_object, to_document
+
+N, A = ipaddress.IPv4Network, ipaddress.IPv4Address
+
+
+def tenant(name="blue", vni=5001, subnet="10.20.0.0/24", **spec):
+    obj, issues = parse_object({"apiVersion": "netd/v1", "kind": "TenantNetwork", "metadata": {"name": name},
+                                "spec": {"vni": vni, "subnet": subnet, **spec}})
+    assert obj is not None, issues
+    return obj
+
+
+def endpoint(name="web1", tenant="blue", ip=None, **spec):
+    s = {"tenant": tenant, "host": "h1", "netns": name, **spec}
+    if ip:
+        s["ip"] = ip
+    obj, issues = parse_object({"apiVersion": "netd/v1", "kind": "Endpoint", "metadata": {"name": name}, "spec": s})
+    assert obj is not None, issues
+    return obj
+
+
+def issues_of(raw):
+    obj, issues = parse_object(raw)
+    assert obj is None
+    return [(i.field, i.message) for i in issues]
+
+
+def doc(kind="TenantNetwork", name="blue", **spec):
+    return {"apiVersion": "netd/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.mark.parametrize("raw,want", [
+    ([], [("", "expected a mapping with apiVersion, kind, metadata and spec, found list")]),
+    ({**doc(vni=1, subnet="10.0.0.0/24"), "apiVersion": "v1"}, [("apiVersion", "expected netd/v1, found 'v1'")]),
+    ({**doc(vni=1, subnet="10.0.0.0/24"), "kind": "Pod"},
+     [("kind", "unknown kind 'Pod' (known: Endpoint, TenantNetwork)")]),
+    (doc(vni=0, subnet="10.0.0.0/24"), [("spec.vni", "Input should be greater than or equal to 1, found 0")]),
+    (doc(vni=16777216, subnet="10.0.0.0/24"),
+     [("spec.vni", "Input should be less than or equal to 16777215, found 16777216")]),
+    (doc(vni="5", subnet="10.0.0.0/24"), [("spec.vni", "Input should be a valid integer, found '5'")]),
+    (doc(vni=True, subnet="10.0.0.0/24"), [("spec.vni", "Input should be a valid integer, found True")]),
+    (doc(vni=1, subnet="10.0.0.1/24"),
+     [("spec.subnet", "expected an IPv4 CIDR such as 10.20.0.0/24, found '10.0.0.1/24' "
+                      "(10.0.0.1/24 has host bits set)")]),
+    (doc(vni=1, subnet="10.0.0.0/31"), [("spec.subnet", "expected a prefix length of 8 to 30, found /31")]),
+    (doc(vni=1, subnet="10.0.0.0/7"), [("spec.subnet", "expected a prefix length of 8 to 30, found /7")]),
+    (doc(vni=1, subnet=5), [("spec.subnet", "expected an IPv4 CIDR such as 10.20.0.0/24, found 5")]),
+    (doc(vni=1, subnet="10.0.0.0/24", gateway="10.0.1.1"),
+     [("spec", "gateway 10.0.1.1 is not a host address of subnet 10.0.0.0/24")]),
+    (doc(vni=1, subnet="10.0.0.0/24", gateway="10.0.0.255"),
+     [("spec", "gateway 10.0.0.255 is not a host address of subnet 10.0.0.0/24")]),
+    (doc(vni=1, subnet="10.0.0.0/24", colour="red"), [("spec.colour", "unknown field")]),
+    (doc(subnet="10.0.0.0/24"), [("spec.vni", "required")]),
+    (doc(vni=1, subnet="10.0.0.0/24", mtu=100),
+     [("spec.mtu", "Input should be greater than or equal to 576, found 100")]),
+    (doc(name="Blue", vni=1, subnet="10.0.0.0/24"),
+     [("metadata.name", "expected a DNS label (a-z, 0-9 and '-', at most 63, starting and ending with a letter or "
+                        "digit), found 'Blue'")]),
+    (doc(name="a" * 64, vni=1, subnet="10.0.0.0/24"), [("metadata.name", pytest.approx)]),
+    (doc("Endpoint", "e", tenant="blue", host="h1"), [("spec", "exactly one of container and netns is required")]),
+    (doc("Endpoint", "e", tenant="blue", host="h1", netns="x", container="y"),
+     [("spec", "exactly one of container and netns is required")]),
+    (doc("Endpoint", "e", tenant="blue", host="h1", netns="x", ip="10.0.0.256"),
+     [("spec.ip", "expected an IPv4 address, found '10.0.0.256'")]),
+])
+def test_schema_errors_name_the_field(raw, want):
+    got = issues_of(raw)
+    if want[0][1] is pytest.approx:  # (just that the field is refused)
+        assert [f for f, _ in got] == [want[0][0]]
+    else:
+        assert got == want
+
+
+def test_good_documents_and_what_is_stored():
+    t = tenant(gateway="10.20.0.1", mtu=1400)
+    assert (t.spec.vni, t.spec.subnet, t.spec.gateway, t.spec.mtu) == (5001, N("10.20.0.0/24"), A("10.20.0.1"), 1400)
+    assert to_document(t) == {"apiVersion": "netd/v1", "kind": "TenantNetwork", "metadata": {"name": "blue"},
+                              "spec": {"vni": 5001, "subnet": "10.20.0.0/24", "gateway": "10.20.0.1", "mtu": 1400}}
+    assert parse_object(to_document(t))[0] == t
+    e = endpoint(ip="10.20.0.5")
+    assert e.spec.target == "netns web1" and str(e.spec.ip) == "10.20.0.5"
+    assert parse_object(to_document(e))[0] == e
+
+
+def test_rules_between_objects():
+    blue, red = tenant(), tenant("red", 5002)  # two tenants may overlap
+    assert check_objects([(0, blue), (1, red)], []) == []
+    dup = tenant("green", 5001, "10.30.0.0/24")
+    got = check_objects([(0, blue), (1, dup)], [])
+    assert [(i.index, i.field, i.message) for i in got] == [
+        (0, "spec.vni", "VNI 5001 is also tenant network green's: every tenant needs its own"),
+        (1, "spec.vni", "VNI 5001 is also tenant network blue's: every tenant needs its own")]
+    # against what is stored: a stored tenant with the VNI counts; one being replaced does not
+    assert [i.index for i in check_objects([(0, dup)], [blue])] == [0]
+    assert check_objects([(0, tenant(vni=7))], [blue]) == []
+    twice = check_objects([(0, blue), (1, blue)], [])
+    assert [(i.index, i.field, i.related) for i in twice] == [(1, "metadata.name", 0)]
+    over = check_objects([(0, tenant(subnet="10.5.3.0/24"))], [], N("10.5.0.0/16"))
+    assert [i.message for i in over] == ["10.5.3.0/24 overlaps the cluster network 10.5.0.0/16 (a container on "
+                                         "both could not tell them apart)"]
+
+
+def test_endpoint_rules():
+    blue = tenant(gateway="10.20.0.1")
+    assert check_objects([(0, endpoint(tenant="nope"))], [blue])[0].message == \
+        "no TenantNetwork 'nope' (neither in these files nor stored)"
+    assert check_objects([(0, endpoint(ip="10.20.0.7"))], [blue]) == []
+    for ip, msg in (("10.21.0.7", "10.21.0.7 is not a host address of tenant blue's subnet 10.20.0.0/24"),
+                    ("10.20.0.255", "10.20.0.255 is not a host address of tenant blue's subnet 10.20.0.0/24"),
+                    ("10.20.0.1", "10.20.0.1 is tenant blue's gateway")):
+        assert [i.message for i in check_objects([(0, endpoint(ip=ip))], [blue])] == [msg]
+    taken = check_objects([(0, endpoint("b", ip="10.20.0.7"))], [blue, endpoint("a", ip="10.20.0.7")])
+    assert [i.message for i in taken] == ["10.20.0.7 is also endpoint a's in tenant blue"]
+    red = tenant("red", 5002)  # the same address in another tenant is fine
+    assert check_objects([(0, endpoint("b", "red", ip="10.20.0.7"))], [blue, red, endpoint("a", ip="10.20.0.7")]) == []
+
+
+def stored_of(*objs, claims=()):
+    return Stored({object_key(o): (o, 10 + i) for i, o in enumerate(objs)},
+                  {(t, A(ip)): (name, 50 + i) for i, (t, ip, name) in enumerate(claims)}, 99)
+
+
+def test_plan_adds_changes_keeps_and_prunes():
+    blue, red = tenant(), tenant("red", 5002)
+    stored = stored_of(blue, red)
+    plan = plan_apply([tenant(vni=6000), tenant("green", 5003, "10.30.0.0/24")], stored, prune=True)
+    assert [(c.action, c.key) for c in plan.changes] == [
+        ("change", ("TenantNetwork", "blue")), ("add", ("TenantNetwork", "green")),
+        ("delete", ("TenantNetwork", "red"))]
+    assert render_plan(plan) == ("~ TenantNetwork blue\n    spec.vni: 5001 -> 6000\n+ TenantNetwork green\n"
+                                 "- TenantNetwork red")
+    assert plan_apply([blue], stored).empty and render_plan(plan_apply([blue], stored)) == "no changes"
+    assert plan_apply([blue], stored).unchanged == (("TenantNetwork", "blue"),)
+
+
+def test_addresses_are_claimed_lowest_first_never_twice_and_kept():
+    blue = tenant(gateway="10.20.0.1")
+    plan = plan_apply([blue, endpoint("a"), endpoint("b", ip="10.20.0.2"), endpoint("c")], stored_of(blue))
+    assert plan.add_claims == {("blue", A("10.20.0.2")): "b", ("blue", A("10.20.0.3")): "a",
+                               ("blue", A("10.20.0.4")): "c"}  # the explicit one first, the gateway skipped
+    stored = stored_of(blue, endpoint("a"), claims=[("blue", "10.20.0.3", "a")])
+    assert plan_apply([endpoint("a")], stored).empty  # kept
+    moved = plan_apply([endpoint("a", ip="10.20.0.9")], stored)
+    assert moved.add_claims == {("blue", A("10.20.0.9")): "a"} and moved.drop_claims == (("blue", A("10.20.0.3")),)
+    with pytest.raises(PlanError, match="10.20.0.3 is already endpoint a's in tenant blue"):
+        plan_apply([endpoint("z", ip="10.20.0.3")], stored)
+    full = tenant("tiny", 9, "10.9.0.0/30", gateway="10.9.0.1")
+    with pytest.raises(PlanError, match="tenant tiny's subnet 10.9.0.0/30 has no free address left"):
+        plan_apply([endpoint("x", "tiny"), endpoint("y", "tiny")], stored_of(full))
+    assert free_address(full, []) == A("10.9.0.2") and endpoint_mac(A("10.20.0.3")) == "0a:58:0a:14:00:03"
+
+
+def test_a_subnet_change_under_endpoints_is_refused():
+    stored = stored_of(tenant(), endpoint("a"), claims=[("blue", "10.20.0.1", "a")])
+    with pytest.raises(PlanError, match="changes its subnet from 10.20.0.0/24 to 10.21.0.0/24 but endpoints a use it"):
+        plan_apply([tenant(subnet="10.21.0.0/24")], stored)
+
+
+def test_delete_a_tenant_only_without_endpoints_or_with_force():
+    stored = stored_of(tenant(), endpoint("a"), claims=[("blue", "10.20.0.1", "a")])
+    with pytest.raises(PlanError, match="tenant network blue is used by endpoints a: detach them first"):
+        plan_delete([("TenantNetwork", "blue")], stored)
+    plan = plan_delete([("TenantNetwork", "blue")], stored, force=True)
+    assert [c.key for c in plan.changes] == [("Endpoint", "a"), ("TenantNetwork", "blue")]
+    assert plan.drop_claims == (("blue", A("10.20.0.1")),)
+    with pytest.raises(PlanError, match="no such object: Endpoint zz"):
+        plan_delete([("Endpoint", "zz")], stored)
+    detach = plan_delete([("Endpoint", "a")], stored)
+    assert [c.action for c in detach.changes] == ["delete"] and detach.drop_claims == (("blue", A("10.20.0.1")),)
+
+
+def test_types():
+    assert isinstance(tenant(), TenantNetwork) and isinstance(endpoint(), Endpoint)
