@@ -1,0 +1,69 @@
+"""From ``ovs-ofctl diff-flows BRIDGE FILE`` to the one bundle that makes the bridge hold FILE's flows,
+touching only netd's flows that differ.
+
+diff-flows compares the bridge with the file after OVS's own parsing of both (so spelling does not
+matter) and prints ``-`` for a flow only the bridge has and ``+`` for one only the file has, each as
+``table=T priority=P[,MATCH] cookie=C actions=A``. A flow whose match is on both sides changed its
+actions or cookie: a ``modify_strict`` (its counters and age are kept). A ``+`` alone is an ``add``;
+a ``-`` alone a ``delete_strict`` -- only when its cookie is netd's: flows of other owners are never
+touched, not even one holding a match netd wants (that is reported as a conflict).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from netd.core.tenants import is_ours
+
+_LINE = re.compile(r"^([+-])(table=\d+ priority=\d+\S*) cookie=(0x[0-9a-f]+) actions=(.*)$")
+
+
+@dataclass(frozen=True)
+class FlowDelta:
+    commands: tuple[str, ...]  # the lines of an ovs-ofctl add-flows bundle file
+    added: int = 0
+    modified: int = 0
+    deleted: int = 0
+    #: flows netd wants whose match another owner's flow holds: left alone, and reported
+    conflicts: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.commands
+
+
+def _flow_spec(key: str) -> str:
+    return key.replace(" ", ",", 1)  # "table=10 priority=5,reg0=1" -> "table=10,priority=5,reg0=1"
+
+
+def plan_flow_delta(diff: str) -> FlowDelta:
+    """The bundle for a diff-flows output. Lines of other shapes (OVS's warnings) are an error."""
+    old: dict[str, tuple[int, str]] = {}
+    new: dict[str, tuple[int, str]] = {}
+    for raw in diff.splitlines():
+        if not raw.strip():
+            continue
+        m = _LINE.match(raw.strip())
+        if m is None:
+            raise ValueError(f"unexpected diff-flows line: {raw!r}")
+        sign, key, cookie, actions = m.groups()
+        (new if sign == "+" else old)[key] = (int(cookie, 16), actions)
+    commands: list[str] = []
+    conflicts: list[str] = []
+    added = modified = deleted = 0
+    for key, (cookie, actions) in sorted(new.items()):
+        if key in old and not is_ours(old[key][0]):
+            conflicts.append(f"{_flow_spec(key)} is held by cookie {old[key][0]:#x}")
+            continue
+        verb = "modify_strict" if key in old else "add"
+        commands.append(f"{verb} {_flow_spec(key)},cookie={cookie:#x},actions={actions}")
+        if key in old:
+            modified += 1
+        else:
+            added += 1
+    for key, (cookie, _) in sorted(old.items()):
+        if key not in new and is_ours(cookie):
+            commands.append(f"delete_strict {_flow_spec(key)}")
+            deleted += 1
+    return FlowDelta(tuple(commands), added, modified, deleted, tuple(conflicts))

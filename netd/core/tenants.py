@@ -1,0 +1,151 @@
+"""Tenant networks as OpenFlow flows on a host's integration bridge: a pure function of the specs,
+the local endpoints (their ports), the remote ones and the peers' tunnel addresses.
+
+Pipeline (ovs-ofctl syntax; every flow carries a cookie that says it is netd's and which tenant's):
+  * table 0, classify: a frame from an endpoint's port is admitted only with that endpoint's MAC
+    and (IP or ARP) source address, and tagged with its tenant (reg0 = VNI) and origin (reg1 = 1,
+    local); from the tunnel port only with a known VNI from a known peer (reg1 = 2); all else drops;
+  * table 10, forward within the tenant (every match includes reg0, so tenants never meet, even
+    with overlapping subnets): ARP requests for a known address are answered here (the ARP
+    responder: ARP never leaves its tenant and rarely floods); unicast to a known MAC goes to its
+    port or, tunnelled with the tenant's VNI, to its host; broadcast and multicast from a local port
+    go to the tenant's other local ports and to every peer host with endpoints of the tenant, from the
+    tunnel only to local ports (no loops); unknown unicast drops;
+  * table 250: the canary, a flow that matches nothing: when it is gone, ovs-vswitchd restarted (its
+    flows with it) and everything is reinstalled.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from netd.model.specs import TenantNetwork
+
+IPv4 = ipaddress.IPv4Address
+
+T_CLASSIFY, T_FORWARD, T_CANARY = 0, 10, 250
+#: Every netd flow's cookie: "NETD" in the high 32 bits, the tenant's VNI (0: shared) in the low.
+COOKIE_TAG = 0x4E455444
+COOKIE_MASK = 0xFFFFFFFF00000000
+SHARED_COOKIE = COOKIE_TAG << 32
+CANARY_COOKIE = SHARED_COOKIE | 0xFFFFFFFF
+LOCAL, TUNNEL = 1, 2  # reg1: where the frame came from
+MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
+
+
+def tenant_cookie(vni: int) -> int:
+    return SHARED_COOKIE | vni
+
+
+def is_ours(cookie: int) -> bool:
+    return cookie & COOKIE_MASK == SHARED_COOKIE
+
+
+@dataclass(frozen=True, order=True)
+class LocalPort:
+    """An endpoint wired on this host: its port on the integration bridge."""
+
+    tenant: str
+    endpoint: str
+    ofport: int
+    mac: str
+    ip: IPv4
+
+
+@dataclass(frozen=True, order=True)
+class RemoteEndpoint:
+    """An endpoint on another host, reached through that host's tunnel address."""
+
+    tenant: str
+    endpoint: str
+    mac: str
+    ip: IPv4
+    tunnel_ip: IPv4
+
+
+@dataclass(frozen=True)
+class SwitchView:
+    tenants: tuple[TenantNetwork, ...] = ()
+    local: tuple[LocalPort, ...] = ()
+    remote: tuple[RemoteEndpoint, ...] = ()
+    tunnel_ofport: int | None = None  # the flow-based VXLAN port; None: no tunnels (one host)
+    peers: tuple[IPv4, ...] = ()  # the other hosts' tunnel addresses
+
+
+@dataclass(frozen=True, order=True)
+class Flow:
+    table: int
+    priority: int
+    match: str
+    actions: str
+    cookie: int = field(default=SHARED_COOKIE, compare=True)
+
+    def text(self) -> str:
+        """As ovs-ofctl add-flows reads it."""
+        match = f",{self.match}" if self.match else ""
+        return f"table={self.table},priority={self.priority},cookie={self.cookie:#x}{match},actions={self.actions}"
+
+
+def _arp_responder(vni: int, mac: str, ip: IPv4) -> Flow:
+    actions = ("move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[],"
+               f"set_field:{mac}->eth_src,set_field:2->arp_op,"
+               "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
+               f"set_field:{mac}->arp_sha,set_field:{ip}->arp_spa,IN_PORT")
+    return Flow(T_FORWARD, 110, f"reg0={vni:#x},arp,arp_op=1,arp_tpa={ip}", actions, tenant_cookie(vni))
+
+
+def _tunnel_to(vni: int, tunnel_ip: IPv4, ofport: int) -> str:
+    return f"set_field:{vni:#x}->tun_id,set_field:{tunnel_ip}->tun_dst,output:{ofport}"
+
+
+def compile_tenant_flows(view: SwitchView) -> list[Flow]:
+    """Every flow the bridge should hold for ``view``, sorted."""
+    flows: list[Flow] = [
+        Flow(T_CLASSIFY, 0, "", "drop"),
+        Flow(T_FORWARD, 0, "", "drop"),
+        Flow(T_CANARY, 1, "", "drop", CANARY_COOKIE),
+    ]
+    vnis = {t.metadata.name: t.spec.vni for t in view.tenants}
+    local = [p for p in view.local if p.tenant in vnis]
+    remote = [r for r in view.remote if r.tenant in vnis and view.tunnel_ofport is not None
+              and r.tunnel_ip in view.peers]
+    for p in local:
+        vni, cookie = vnis[p.tenant], tenant_cookie(vnis[p.tenant])
+        admit = f"set_field:{vni:#x}->reg0,set_field:{LOCAL}->reg1,resubmit(,{T_FORWARD})"
+        flows.append(Flow(T_CLASSIFY, 100, f"in_port={p.ofport},dl_src={p.mac},ip,nw_src={p.ip}", admit, cookie))
+        flows.append(Flow(T_CLASSIFY, 100, f"in_port={p.ofport},dl_src={p.mac},arp,arp_spa={p.ip},arp_sha={p.mac}",
+                          admit, cookie))
+        flows.append(Flow(T_FORWARD, 100, f"reg0={vni:#x},dl_dst={p.mac}", f"output:{p.ofport}", cookie))
+        flows.append(_arp_responder(vni, p.mac, p.ip))
+    for r in remote:
+        vni = vnis[r.tenant]
+        assert view.tunnel_ofport is not None
+        flows.append(Flow(T_FORWARD, 100, f"reg0={vni:#x},dl_dst={r.mac}",
+                          _tunnel_to(vni, r.tunnel_ip, view.tunnel_ofport), tenant_cookie(vni)))
+        flows.append(_arp_responder(vni, r.mac, r.ip))
+    for name, vni in sorted(vnis.items()):
+        cookie = tenant_cookie(vni)
+        ports = sorted(p.ofport for p in local if p.tenant == name)
+        hosts = sorted({r.tunnel_ip for r in remote if r.tenant == name})
+        if view.tunnel_ofport is not None:
+            for peer in sorted(set(view.peers)):  # frames of this tenant from any peer (its endpoints may be new)
+                flows.append(Flow(T_CLASSIFY, 100, f"in_port={view.tunnel_ofport},tun_id={vni:#x},tun_src={peer}",
+                                  f"set_field:{vni:#x}->reg0,set_field:{TUNNEL}->reg1,resubmit(,{T_FORWARD})", cookie))
+        to_local = [f"output:{p}" for p in ports]
+        to_peers = [_tunnel_to(vni, h, view.tunnel_ofport) for h in hosts] if view.tunnel_ofport is not None else []
+        if ports:
+            flows.append(Flow(T_FORWARD, 50, f"reg0={vni:#x},reg1={LOCAL},dl_dst={MULTICAST}",
+                              ",".join(to_local + to_peers), cookie))
+            flows.append(Flow(T_FORWARD, 50, f"reg0={vni:#x},reg1={TUNNEL},dl_dst={MULTICAST}", ",".join(to_local),
+                              cookie))
+    return sorted(set(flows))
+
+
+def flows_by_tenant(flows: Iterable[Flow]) -> dict[int, list[Flow]]:
+    """Flows grouped by the VNI in their cookie (0: shared)."""
+    out: dict[int, list[Flow]] = {}
+    for f in flows:
+        out.setdefault(f.cookie & 0xFFFFFFFF, []).append(f)
+    return out

@@ -1,0 +1,34 @@
+"""diff-flows output (as ovs-ofctl 3.1 prints it) -> the bundle netd applies."""
+
+import pytest
+
+from netd.core.flows import plan_flow_delta
+
+OURS, THEIRS = "0x4e45544400001389", "0x99"
+
+
+def test_adds_modifies_and_deletes_only_what_differs_and_only_ours():
+    diff = (f"-table=5 priority=7 cookie={THEIRS} actions=drop\n"
+            f"-table=10 priority=100,reg0=0x1389,dl_dst=0a:58:0a:14:00:03 cookie={OURS} actions=output:2\n"
+            f"+table=10 priority=100,reg0=0x1389,dl_dst=0a:58:0a:14:00:03 cookie={OURS} actions=output:3\n"
+            f"+table=10 priority=50,reg0=0x1389 cookie={OURS} actions=drop\n"
+            f"-table=250 priority=1 cookie=0x4e455444ffffffff actions=drop\n")
+    delta = plan_flow_delta(diff)
+    assert delta.commands == (
+        f"modify_strict table=10,priority=100,reg0=0x1389,dl_dst=0a:58:0a:14:00:03,cookie={OURS},actions=output:3",
+        f"add table=10,priority=50,reg0=0x1389,cookie={OURS},actions=drop",
+        "delete_strict table=250,priority=1")
+    assert (delta.added, delta.modified, delta.deleted, delta.conflicts) == (1, 1, 1, ())
+
+
+def test_a_match_another_owner_holds_is_left_alone_and_reported():
+    diff = (f"-table=10 priority=100,reg0=0x1 cookie={THEIRS} actions=drop\n"
+            f"+table=10 priority=100,reg0=0x1 cookie={OURS} actions=output:1\n")
+    delta = plan_flow_delta(diff)
+    assert delta.empty and delta.conflicts == (f"table=10,priority=100,reg0=0x1 is held by cookie {THEIRS}",)
+
+
+def test_no_diff_no_bundle_and_strange_lines_are_errors():
+    assert plan_flow_delta("").empty and plan_flow_delta("\n").empty
+    with pytest.raises(ValueError, match="unexpected diff-flows line"):
+        plan_flow_delta("ovs-ofctl: something went wrong\n")
