@@ -3,7 +3,7 @@ touching only netd's flows that differ.
 
 diff-flows compares the bridge with the file after OVS's own parsing of both (so spelling does not
 matter) and prints ``-`` for a flow only the bridge has and ``+`` for one only the file has, each as
-``table=T priority=P[,MATCH] cookie=C actions=A``. A flow whose match is on both sides changed its
+``[table=T ]priority=P[,MATCH][ cookie=C] actions=A`` (no table for table 0, no cookie when it is 0). A flow whose match is on both sides changed its
 actions or cookie: a ``modify_strict`` (its counters and age are kept). A ``+`` alone is an ``add``;
 a ``-`` alone a ``delete_strict`` -- only when its cookie is netd's: flows of other owners are never
 touched, not even one holding a match netd wants (that is reported as a conflict).
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from netd.core.tenants import is_ours
 
-_LINE = re.compile(r"^([+-])(table=\d+ priority=\d+\S*) cookie=(0x[0-9a-f]+) actions=(.*)$")
+_LINE = re.compile(r"^([+-])(?:table=(\d+) )?(\S*?)(?: cookie=(0x[0-9a-f]+))? actions=(.*)$")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,8 @@ class FlowDelta:
 
 
 def _flow_spec(key: str) -> str:
-    return key.replace(" ", ",", 1)  # "table=10 priority=5,reg0=1" -> "table=10,priority=5,reg0=1"
+    table, match = key.split(" ", 1)  # "table=10 priority=5,reg0=1" -> "table=10,priority=5,reg0=1"
+    return f"{table},{match}" if match else table
 
 
 def plan_flow_delta(diff: str) -> FlowDelta:
@@ -47,8 +48,9 @@ def plan_flow_delta(diff: str) -> FlowDelta:
         m = _LINE.match(raw.strip())
         if m is None:
             raise ValueError(f"unexpected diff-flows line: {raw!r}")
-        sign, key, cookie, actions = m.groups()
-        (new if sign == "+" else old)[key] = (int(cookie, 16), actions)
+        sign, table, match, cookie, actions = m.groups()
+        key = f"table={table or 0} {match}"  # diff-flows leaves out table=0 and a zero cookie
+        (new if sign == "+" else old)[key] = (int(cookie or "0", 16), actions)
     commands: list[str] = []
     conflicts: list[str] = []
     added = modified = deleted = 0

@@ -28,6 +28,15 @@ def test_a_match_another_owner_holds_is_left_alone_and_reported():
     assert delta.empty and delta.conflicts == (f"table=10,priority=100,reg0=0x1 is held by cookie {THEIRS}",)
 
 
+def test_table_zero_and_cookie_zero_as_diff_flows_prints_them():
+    diff = (f"+priority=100,arp,in_port=1,dl_src=0a:58:0a:14:00:02 cookie={OURS} actions=resubmit(,10)\n"
+            "-priority=5,in_port=3 actions=drop\n"  # someone's, cookie 0
+            "-table=3 priority=1 cookie=0x4e45544400000000 actions=drop\n")
+    assert plan_flow_delta(diff).commands == (
+        f"add table=0,priority=100,arp,in_port=1,dl_src=0a:58:0a:14:00:02,cookie={OURS},actions=resubmit(,10)",
+        "delete_strict table=3,priority=1")
+
+
 def test_no_diff_no_bundle_and_strange_lines_are_errors():
     assert plan_flow_delta("").empty and plan_flow_delta("\n").empty
     with pytest.raises(ValueError, match="unexpected diff-flows line"):
