@@ -203,6 +203,41 @@ class EtcdConnection:
             self._fail_over()
         return RegistryUnavailable(f"etcd {what} at {endpoint} failed: {exc or type(exc).__name__}")
 
+    @contextlib.contextmanager
+    def _watch_errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except aexc.RevisionCompactedError as exc:
+            raise CompactedError(exc.compacted_revision) from exc
+        except Exception as exc:
+            kind = classify_error(exc)
+            if kind is None:
+                raise
+            if kind[0] == REFUSED:
+                raise RegistryRefused(f"etcd watch at {self.endpoint} {what}: {kind[1]}: {exc}", code=kind[1]) from exc
+            self._fail_over()
+            raise RegistryUnavailable(f"etcd watch at {self.endpoint} {what}: {exc}") from exc
+
+    async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[Any]:
+        """aetcd's events under ``prefix`` from ``start_revision``; CompactedError when that was
+        compacted, RegistryUnavailable or RegistryRefused when the stream fails (re-create it)."""
+        self._trips += 1
+        client = self._get_client()
+        with self._watch_errors("failed"):
+            watch = await asyncio.wait_for(
+                client.watch(prefix, range_end=autils.prefix_range_end(prefix), start_revision=start_revision),
+                self._timeout,
+            )
+        try:
+            with self._watch_errors("broke"):
+                async for event in watch:
+                    yield event
+        finally:
+            try:
+                await watch.cancel()
+            except Exception:  # noqa: BLE001 - the stream may already be gone
+                pass
+
     async def close(self) -> None:
         await self._background.wait(self._timeout)
         if self._client is not None:
@@ -385,51 +420,21 @@ class EtcdRegistry(EtcdConnection):
         except Exception as exc:  # noqa: BLE001 - best effort; the lease expires by itself
             log.debug("revoking unused lease %x failed: %s", lease_id, exc)
 
-    @contextlib.contextmanager
-    def _watch_errors(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except aexc.RevisionCompactedError as exc:
-            raise CompactedError(exc.compacted_revision) from exc
-        except Exception as exc:
-            kind = classify_error(exc)
-            if kind is None:
-                raise
-            if kind[0] == REFUSED:
-                raise RegistryRefused(f"etcd watch at {self.endpoint} {what}: {kind[1]}: {exc}", code=kind[1]) from exc
-            self._fail_over()
-            raise RegistryUnavailable(f"etcd watch at {self.endpoint} {what}: {exc}") from exc
-
     async def watch_subnets(self, start_revision: int) -> AsyncIterator[list[SubnetEvent]]:
-        self._trips += 1
-        client = self._get_client()
-        range_end = autils.prefix_range_end(self._subnets_prefix)
-        with self._watch_errors("failed"):
-            watch = await asyncio.wait_for(
-                client.watch(self._subnets_prefix, range_end=range_end, start_revision=start_revision),
-                self._timeout,
-            )
-        try:
-            with self._watch_errors("broke"):
-                async for event in watch:
-                    name = bytes(event.kv.key)[len(self._subnets_prefix):].decode(errors="replace")
-                    try:
-                        subnet = parse_subnet_key(name)
-                    except ValueError:
-                        continue
-                    deleted = event.kind == "DELETE"
-                    lease = None
-                    if not deleted:
-                        try:
-                            lease = self._lease_from_kv(event.kv)
-                        except (ValueError, ConfigError):
-                            lease = None
-                    yield [SubnetEvent(subnet, deleted, int(event.kv.mod_revision), lease)]
-        finally:
+        async for event in self.watch_prefix(self._subnets_prefix, start_revision):
+            name = bytes(event.kv.key)[len(self._subnets_prefix):].decode(errors="replace")
             try:
-                await watch.cancel()
-            except Exception:  # noqa: BLE001 - the stream may already be gone
-                pass
+                subnet = parse_subnet_key(name)
+            except ValueError:
+                continue
+            deleted = event.kind == "DELETE"
+            lease = None
+            if not deleted:
+                try:
+                    lease = self._lease_from_kv(event.kv)
+                except (ValueError, ConfigError):
+                    lease = None
+            yield [SubnetEvent(subnet, deleted, int(event.kv.mod_revision), lease)]
 
     async def close(self) -> None:
         if self._spare is not None:

@@ -151,6 +151,44 @@ class EtcdObjectStore(EtcdConnection):
         return int(response.header.revision)
 
 
+    # -- presence and status (the switch loop): keys bound to a host's kept-alive etcd lease -------
+    async def grant(self, ttl: int) -> int:
+        return int((await self._call("grant lease", lambda c: c.lease(ttl))).id)
+
+    async def keepalive(self, lease_id: int) -> int:
+        reply = await self._call("keepalive", lambda c: c.refresh_lease(lease_id))
+        return max(0, int(reply.TTL)) if reply is not None else 0
+
+    async def revoke(self, lease_id: int) -> None:
+        try:
+            await self._call("revoke lease", lambda c: c.revoke_lease(lease_id))
+        except RegistryRefused as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+
+    async def put_bound(self, sub: str, value: bytes, lease_id: int) -> None:
+        """``<prefix>/<sub>`` = value, bound to lease_id (it goes when the lease does)."""
+        key = f"{self.prefix}/{sub}".encode()
+        await self._call("put " + sub, lambda c: c.put(key, value, lease_id))
+
+    async def delete_key(self, sub: str) -> None:
+        key = f"{self.prefix}/{sub}".encode()
+        await self._call("delete " + sub, lambda c: c.delete(key))
+
+    async def read_prefix(self, sub: str) -> dict[str, bytes]:
+        """Every key under ``<prefix>/<sub>`` (sub ends with "/"), by the rest of its name."""
+        start = f"{self.prefix}/{sub}".encode()
+        got = await self._call("list " + sub, lambda c: c.get_prefix(start))
+        return {bytes(kv.key)[len(start):].decode(errors="replace"): bytes(kv.value) for kv in got}
+
+    def watch_all(self, start_revision: int) -> Any:
+        """Events under the whole prefix (objects, claims, hosts, status)."""
+        return self.watch_prefix(f"{self.prefix}/".encode(), start_revision)
+
+    def key_of(self, event: Any) -> str:
+        return bytes(event.kv.key)[len(self.prefix) + 1:].decode(errors="replace")
+
+
 class MemoryObjectStore:
     """The same contract in memory (tests; held to it by tests/contract/test_object_store_contract.py)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -52,6 +53,19 @@ def build_parser() -> FlagParser:
                   "1 serves both, as flannel does: less CPU per byte, less throughput")
     add_flag(p, "--state-dir", default="/run/netd",
              help="where netd keeps its lock and caches state for fast restarts (default %(default)s)")
+    g = p.add_argument_group("tenant networks (Open vSwitch); off unless --ovs-bridge is given")
+    add_flag(g, "--ovs-bridge", default="", help="the integration bridge netd owns, e.g. netd-int (empty: no OVS)")
+    add_flag(g, "--ovs-rundir", default="/var/run/openvswitch", help="where ovsdb-server's db.sock and the "
+             "bridges' .mgmt sockets are (default %(default)s)")
+    add_flag(g, "--ovs-datapath", choices=["system", "netdev"], default="system",
+             help="system: the kernel module; netdev: the userspace datapath (needs --ovs-phy-iface)")
+    add_flag(g, "--ovs-phy-iface", default=None, help="netdev: the underlay interface whose address OVS tunnels from")
+    add_flag(g, "--tunnel-ip", type=arg_type(parse_ipv4), default=None,
+             help="the address peers send tenant tunnels to (default: the public IP)")
+    add_flag(g, "--node-name", default=None, help="this host's name in Endpoint specs (default: the hostname)")
+    add_flag(g, "--netd-prefix", default="/netd", help="netd's own keys in etcd (default %(default)s)")
+    add_flag(g, "--docker-host", default=None, help="dockerd's socket for container endpoints (default: the "
+             "environment's, DOCKER_HOST)")
     add_flag(p, "--log-format", choices=["text", "json"], default="text")
     add_flag(p, "--log-level", type=arg_type(parse_log_level), default="info",
              help="debug, info, warning, error (default %(default)s)")
@@ -87,10 +101,20 @@ async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> 
         config_source=config_key(args.etcd_prefix),
     )
     agent = Agent(registry, backend_for, opts, metrics)
+    switch = make_switch(args, underlay, metrics) if args.ovs_bridge else None
+    switch_stop = asyncio.Event()
+
+    def readiness() -> tuple[bool, str, dict[str, object]]:
+        ready, reason, details = agent.readiness()
+        if switch is None:
+            return ready, reason, details
+        ok, why, more = switch.readiness()
+        return ready and ok, reason if not ready else (why or reason), {**details, "tenant_networks": more}
+
     health = None
     if args.healthz_port:
         try:
-            health = HealthServer(args.healthz_ip, args.healthz_port, agent.readiness, metrics.registry,
+            health = HealthServer(args.healthz_ip, args.healthz_port, readiness, metrics.registry,
                                   agent.dataplane_view)
         except OSError as exc:  # the port taken, an address this host does not have
             raise ConfigError(f"cannot serve on {args.healthz_ip}:{args.healthz_port}: {exc.strerror or exc}",
@@ -98,16 +122,50 @@ async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> 
         health.start()
         log.info("serving /healthz, /readyz, /metrics, /dataplane on %s:%d", args.healthz_ip, health.port)
     loop = asyncio.get_running_loop()
+    def stop() -> None:
+        agent.stop()
+        switch_stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, agent.stop)
+        loop.add_signal_handler(sig, stop)
     try:
-        await agent.run()
+        if switch is None:
+            await agent.run()
+        else:
+            await asyncio.gather(agent.run(), switch.run(switch_stop))
     finally:
+        if switch is not None:
+            switch.close()
+            await switch.store.close()
         if health is not None:
             health.close()
         await registry.close()
     log.info("netd stopped (lease and routes kept for the next start)")
     return 0
+
+
+def make_switch(args: argparse.Namespace, underlay: Underlay, metrics: Any) -> Any:
+    import socket
+
+    from netd.adapters.etcd import EtcdTLS
+    from netd.adapters.objects import EtcdObjectStore
+    from netd.adapters.ovs import OvsSwitch
+    from netd.adapters.wiring import Wiring
+    from netd.agent.switch import SwitchAgent, SwitchOptions
+
+    if args.ovs_datapath == "netdev" and not args.ovs_phy_iface:
+        raise ConfigError("the userspace datapath tunnels from an OVS port: give the underlay interface",
+                          "--ovs-phy-iface")
+    store = EtcdObjectStore(args.etcd_endpoints, prefix=args.netd_prefix,
+                            tls=EtcdTLS(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile))
+    node = args.node_name or socket.gethostname().split(".")[0]
+    options = SwitchOptions(node=node, tunnel_ip=ipaddress.IPv4Address(args.tunnel_ip or underlay.address),
+                            datapath=args.ovs_datapath, phy_iface=args.ovs_phy_iface,
+                            resync_interval=args.resync_interval, default_mtu=underlay.mtu - 50)
+    log.info("tenant networks on OVS bridge %s (%s datapath), node %s, tunnels from %s", args.ovs_bridge,
+             args.ovs_datapath, node, options.tunnel_ip)
+    return SwitchAgent(store, OvsSwitch(args.ovs_rundir, args.ovs_bridge, args.ovs_datapath),
+                       Wiring(args.docker_host, tx_off=args.ovs_datapath == "netdev"), options, metrics.registry)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,14 @@ if TYPE_CHECKING:
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 DEFAULT_PREFIX = "/coreos.com/network"
-_UNSET = object()
+class _Unset:
+    """Stands for "not on the command line" during a parse; prints as the real default (for --help)."""
+
+    def __init__(self, default: Any) -> None:
+        self.default = default
+
+    def __str__(self) -> str:
+        return str(self.default)
 
 
 def arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -56,14 +63,14 @@ class FlagParser(argparse.ArgumentParser):
         flags = [a for a in self._actions if getattr(a, "env_var", None)]
         saved = [(a, a.default) for a in flags]
         for a in flags:
-            a.default = _UNSET  # tells "not given" apart from "given as the default"
+            a.default = _Unset(a.default)  # tells "not given" apart from "given as the default"
         try:
             ns, rest = super().parse_known_args(args, namespace)
         finally:
             for a, default in saved:
                 a.default = default
         for a, default in saved:
-            if getattr(ns, a.dest, _UNSET) is _UNSET:
+            if isinstance(getattr(ns, a.dest, None), _Unset):
                 setattr(ns, a.dest, self._from_env(a, default))
         return ns, rest
 

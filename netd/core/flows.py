@@ -3,7 +3,8 @@ touching only netd's flows that differ.
 
 diff-flows compares the bridge with the file after OVS's own parsing of both (so spelling does not
 matter) and prints ``-`` for a flow only the bridge has and ``+`` for one only the file has, each as
-``[table=T ]priority=P[,MATCH][ cookie=C] actions=A`` (no table for table 0, no cookie when it is 0). A flow whose match is on both sides changed its
+``[table=T ]priority=P[,MATCH][ cookie=C] actions=A`` (no table for table 0, no cookie when it is
+0). A flow whose match is on both sides changed its
 actions or cookie: a ``modify_strict`` (its counters and age are kept). A ``+`` alone is an ``add``;
 a ``-`` alone a ``delete_strict`` -- only when its cookie is netd's: flows of other owners are never
 touched, not even one holding a match netd wants (that is reported as a conflict).

@@ -21,7 +21,8 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from netd.model.specs import TenantNetwork
+from netd.core.specplan import endpoint_mac
+from netd.model.specs import Endpoint, TenantNetwork
 
 IPv4 = ipaddress.IPv4Address
 
@@ -149,3 +150,36 @@ def flows_by_tenant(flows: Iterable[Flow]) -> dict[int, list[Flow]]:
     for f in flows:
         out.setdefault(f.cookie & 0xFFFFFFFF, []).append(f)
     return out
+
+
+@dataclass(frozen=True)
+class LocalWant:
+    """An endpoint this host must wire: what the wiring needs."""
+
+    endpoint: str
+    tenant: TenantNetwork
+    ip: IPv4
+    mac: str
+    mtu: int
+
+
+def endpoints_for(objects: Iterable[object], addresses: dict[str, IPv4], node: str, hosts: dict[str, IPv4],
+                  default_mtu: int) -> tuple[list[LocalWant], list[RemoteEndpoint], list[str]]:
+    """Split the stored endpoints: those of this node (to wire), the others' on live hosts (to
+    reach through their tunnel address), and why the rest are left out."""
+    objs = list(objects)
+    tenants = {o.metadata.name: o for o in objs if isinstance(o, TenantNetwork)}
+    local: list[LocalWant] = []
+    remote: list[RemoteEndpoint] = []
+    skipped: list[str] = []
+    for ep in sorted((o for o in objs if isinstance(o, Endpoint)), key=lambda o: o.metadata.name):
+        name, tenant, ip = ep.metadata.name, tenants.get(ep.spec.tenant), addresses.get(ep.metadata.name)
+        if tenant is None or ip is None:
+            skipped.append(f"{name}: " + ("no tenant network " + ep.spec.tenant if tenant is None else "no address"))
+        elif ep.spec.host == node:
+            local.append(LocalWant(name, tenant, ip, endpoint_mac(ip), tenant.spec.mtu or default_mtu))
+        elif ep.spec.host in hosts:
+            remote.append(RemoteEndpoint(ep.spec.tenant, name, endpoint_mac(ip), ip, hosts[ep.spec.host]))
+        else:
+            skipped.append(f"{name}: its host {ep.spec.host} is not up (no record under hosts/)")
+    return local, remote, skipped

@@ -186,3 +186,10 @@ def test_netctl_reads_the_etcd_variables_and_refuses_bad_ones(monkeypatch, capsy
     with pytest.raises(SystemExit):
         netctl_parser().parse_args(["leases"])
     assert "NETD_ETCD_ENDPOINTS='gopher://x'" in capsys.readouterr().err
+
+
+def test_help_shows_the_real_defaults(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "(default /run/flannel/subnet.env)" in " ".join(out.split()) and "object at 0x" not in out

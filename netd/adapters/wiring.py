@@ -1,0 +1,121 @@
+"""Endpoints' veth pairs: the host side becomes a port of the integration bridge, the other side
+goes into the endpoint's target (a named network namespace, or a Docker container's, found through
+the Docker SDK) as ``t-<tenant>`` with the endpoint's MAC, address and (if the tenant has one) a
+default route via the gateway.
+
+A target that goes away (a container stopped) takes its side of the pair with it, and the kernel
+then deletes the host side: the switch loop sees the host side missing and the target gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import os
+import subprocess
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from netd.errors import DataplaneError
+from netd.model.specs import EndpointSpec
+
+log = logging.getLogger(__name__)
+
+
+def host_port_name(endpoint: str) -> str:
+    """The host side's name: "nd" + 11 hex digits of the endpoint's name (an interface name has at
+    most 15 characters; endpoint names have up to 63)."""
+    return "nd" + hashlib.sha1(endpoint.encode()).hexdigest()[:11]
+
+
+def inner_name(tenant: str) -> str:
+    return f"t-{tenant}"[:15]
+
+
+class Wiring:
+    def __init__(self, docker_host: str | None = None, netns_dir: str = "/run/netns", tx_off: bool = False) -> None:
+        self.docker_host = docker_host
+        self.netns_dir = netns_dir
+        #: the userspace datapath completes no checksums: the endpoint must not leave them to it
+        self.tx_off = tx_off
+        self._docker: Any = None
+        self.ipr = IPRoute()
+
+    def _docker_client(self) -> Any:
+        if self._docker is None:
+            import docker
+
+            self._docker = docker.DockerClient(base_url=self.docker_host) if self.docker_host \
+                else docker.from_env()
+        return self._docker
+
+    def target_path(self, spec: EndpointSpec) -> str | None:
+        """Where the target's network namespace is now (None: it does not exist, or is not running)."""
+        if spec.netns is not None:
+            path = os.path.join(self.netns_dir, spec.netns)
+            return path if os.path.exists(path) else None
+        import docker.errors
+
+        try:
+            container = self._docker_client().containers.get(spec.container)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.DockerException as exc:
+            raise DataplaneError(f"asking Docker about container {spec.container}: {exc}") from exc
+        state = container.attrs.get("State", {})
+        pid = state.get("Pid") or 0
+        return f"/proc/{pid}/ns/net" if state.get("Running") and pid > 0 else None
+
+    def is_wired(self, port: str) -> bool:
+        return bool(self.ipr.link_lookup(ifname=port))
+
+    def wire(self, endpoint: str, spec: EndpointSpec, path: str, mac: str, ip: ipaddress.IPv4Address,
+             subnet: ipaddress.IPv4Network, mtu: int, gateway: ipaddress.IPv4Address | None) -> str:
+        port, inner, tmp = host_port_name(endpoint), inner_name(spec.tenant), "ndtmp" + host_port_name(endpoint)[2:9]
+        self.unwire(port)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self.ipr.link("add", ifname=port, kind="veth", mtu=mtu, peer={"ifname": tmp, "net_ns_fd": fd})
+        except NetlinkError as exc:
+            raise DataplaneError(f"creating the veth pair of endpoint {endpoint}: {exc}") from exc
+        finally:
+            os.close(fd)
+        try:
+            with IPRoute(netns=path) as inside:
+                index = inside.link_lookup(ifname=tmp)[0]
+                if inside.link_lookup(ifname=inner):  # a leftover of an earlier wiring
+                    inside.link("del", index=inside.link_lookup(ifname=inner)[0])
+                inside.link("set", index=index, ifname=inner, address=mac, mtu=mtu)
+                inside.addr("add", index=index, address=str(ip), prefixlen=subnet.prefixlen)
+                inside.link("set", index=index, state="up")
+                lo = inside.link_lookup(ifname="lo")
+                if lo:
+                    inside.link("set", index=lo[0], state="up")
+                if gateway is not None:
+                    inside.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
+            if self.tx_off:
+                subprocess.run(["nsenter", f"--net={path}", "ethtool", "-K", inner, "tx", "off"], capture_output=True,
+                               check=True, timeout=10)
+            self.ipr.link("set", index=self.ipr.link_lookup(ifname=port)[0], state="up")
+        except (NetlinkError, OSError, IndexError, subprocess.SubprocessError) as exc:
+            self.unwire(port)
+            raise DataplaneError(f"configuring endpoint {endpoint} inside {spec.target}: {exc}") from exc
+        log.info("wired endpoint %s: %s %s/%d (%s) in %s, port %s", endpoint, inner, ip, subnet.prefixlen, mac,
+                 spec.target, port)
+        return port
+
+    def unwire(self, port: str) -> None:
+        found = self.ipr.link_lookup(ifname=port)
+        if found:
+            try:
+                self.ipr.link("del", index=found[0])
+            except NetlinkError as exc:
+                raise DataplaneError(f"deleting {port}: {exc}") from exc
+
+    def close(self) -> None:
+        self.ipr.close()
+        if self._docker is not None:
+            self._docker.close()

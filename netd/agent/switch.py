@@ -1,0 +1,338 @@
+"""The switch loop: a host's Open vSwitch made to match the tenant networks and endpoints in etcd.
+
+Level-triggered like the overlay's loop: a watch event under --netd-prefix only wakes it early; every
+sync re-reads the objects, address claims and live hosts, wires and unwires this host's endpoints,
+compiles the flows (netd.core.tenants) and writes the bundle of what differs. Beside it:
+  * the canary loop checks, twice a second, that the bridge still has netd's canary flow: when
+    ovs-vswitchd restarted it has not, and a sync reinstalls everything at once;
+  * the presence loop keeps ``hosts/<node>`` (this host's tunnel address) and the endpoints'
+    ``status/endpoints/<name>`` bound to one kept-alive etcd lease: a host that goes away takes its
+    records with it, and peers stop tunnelling to it.
+Nothing here exits because etcd or OVS is away: the last flows stay and the loop retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from netd.adapters.objects import EtcdObjectStore
+from netd.adapters.ovs import OvsSwitch
+from netd.adapters.wiring import Wiring, host_port_name
+from netd.aio import supervise
+from netd.core.flows import FlowDelta
+from netd.core.tenants import LocalPort, LocalWant, SwitchView, compile_tenant_flows, endpoints_for
+from netd.errors import CompactedError, DataplaneError, NetdError, RegistryRefused, RegistryUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+PHY_BRIDGE = "netd-phy"
+
+
+@dataclass
+class SwitchOptions:
+    node: str
+    tunnel_ip: ipaddress.IPv4Address
+    datapath: str = "system"
+    phy_iface: str | None = None  # the userspace datapath's underlay interface (its address moves to netd-phy)
+    resync_interval: float = 5.0
+    canary_interval: float = 0.5
+    host_ttl: int = 30
+    default_mtu: int = 1450
+
+
+class SwitchMetrics:
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.connected = Gauge("netd_ovs_connected", "1 while OVSDB and ovs-vswitchd answer", registry=r)
+        self.flows = Gauge("netd_ovs_flows", "netd's flows on the integration bridge, by table", ["table"],
+                           registry=r)
+        self.applies = Counter("netd_ovs_flow_applies", "Flow bundles written", registry=r)
+        self.changes = Counter("netd_ovs_flow_changes", "Flows written, by operation", ["op"], registry=r)
+        self.apply_seconds = Histogram("netd_ovs_apply_seconds", "Time to compile and write one sync's flows",
+                                       registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.reinstalls = Counter("netd_ovs_reinstalls", "Times the canary was gone (ovs-vswitchd restarted) and "
+                                  "the flows were reinstalled", registry=r)
+        self.revision = Gauge("netd_spec_revision", "The etcd revision of the specs last applied to OVS", registry=r)
+        self.endpoints = Gauge("netd_endpoints", "This host's endpoints, by state", ["state"], registry=r)
+
+
+@dataclass
+class SwitchStatus:
+    ovs: str = "not yet connected"
+    revision: int = 0
+    endpoints: dict[str, str] = field(default_factory=dict)  # name -> "wired" or why not
+    skipped: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class SwitchAgent:
+    def __init__(self, store: EtcdObjectStore, switch: OvsSwitch, wiring: Wiring, options: SwitchOptions,
+                 registry: CollectorRegistry) -> None:
+        self.store = store
+        self.switch = switch
+        self.wiring = wiring
+        self.opts = options
+        self.metrics = SwitchMetrics(registry)
+        self.status = SwitchStatus()
+        self._wake = asyncio.Event()
+        self._lease: int | None = None
+        self._published: dict[str, bytes] = {}  # what status/ and hosts/ hold of ours
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="switch")
+
+    async def _on_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- readiness -------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str | None, dict[str, object]]:
+        st = self.status
+        details: dict[str, object] = {"ovs": st.ovs, "spec_revision": st.revision, "endpoints": dict(st.endpoints)}
+        if st.error:
+            return False, st.error, details
+        failing = {n: s for n, s in st.endpoints.items() if s != "wired"}
+        return True, None, {**details, **({"endpoints_not_wired": failing} if failing else {})}
+
+    # -- loops -----------------------------------------------------------------------------------
+    async def run(self, stopping: asyncio.Event) -> None:
+        def failed(name: str, exc: BaseException) -> None:
+            self.status.error = f"task {name} failed ({type(exc).__name__}: {exc}); restarting it"
+
+        def restarted(name: str) -> None:
+            self.status.error = None
+
+        tasks = [asyncio.create_task(supervise(f"switch-{name}", body, stopping, failed, restarted), name=name)
+                 for name, body in (("sync", lambda: self._sync_loop(stopping)),
+                                    ("canary", lambda: self._canary_loop(stopping)),
+                                    ("presence", lambda: self._presence_loop(stopping)),
+                                    ("watch", lambda: self._watch_loop(stopping)))]
+        try:
+            await stopping.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._pool.shutdown(wait=True)
+
+    async def _sync_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            self._wake.clear()
+            await self.sync_once()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.opts.resync_interval)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(0.02)  # coalesce a burst of events
+
+    async def _canary_loop(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await asyncio.sleep(self.opts.canary_interval)
+            try:
+                present = await self._on_pool(self.switch.canary_present)
+            except DataplaneError as exc:
+                self.metrics.connected.set(0)
+                self.status.ovs = f"unreachable: {exc}"
+                continue
+            if not present and self.status.revision:
+                log.warning("the canary flow is gone (ovs-vswitchd restarted?): reinstalling every flow")
+                self.metrics.reinstalls.inc()
+                self.wake()
+
+    async def _presence_loop(self, stopping: asyncio.Event) -> None:
+        interval = max(1.0, self.opts.host_ttl / 3)
+        while not stopping.is_set():
+            try:
+                if self._lease is None or await self.store.keepalive(self._lease) == 0:
+                    self._lease = await self.store.grant(self.opts.host_ttl)
+                    self._published.clear()
+                    await self._publish({f"hosts/{self.opts.node}": json.dumps(
+                        {"node": self.opts.node, "tunnel_ip": str(self.opts.tunnel_ip)}).encode()})
+                    self.wake()  # (the statuses are published by the next sync)
+            except (RegistryUnavailable, RegistryRefused) as exc:
+                log.debug("presence: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def _watch_loop(self, stopping: asyncio.Event) -> None:
+        revision = None
+        while not stopping.is_set():
+            if revision is None:
+                revision = self.status.revision or None
+                if revision is None:
+                    await asyncio.sleep(0.2)
+                    continue
+            try:
+                async for event in self.store.watch_all(revision + 1):
+                    revision = max(revision, int(event.kv.mod_revision))
+                    if not self.store.key_of(event).startswith("status/"):
+                        self.wake()
+            except CompactedError:
+                revision = None
+                self.wake()
+            except (RegistryUnavailable, RegistryRefused):
+                await asyncio.sleep(0.5)
+
+    async def _publish(self, items: dict[str, bytes | None]) -> None:
+        for key, value in items.items():
+            if self._published.get(key) == value:
+                continue
+            if value is None:
+                await self.store.delete_key(key)
+                self._published.pop(key, None)
+            elif self._lease is not None:
+                await self.store.put_bound(key, value, self._lease)
+                self._published[key] = value
+
+    # -- one sync ----------------------------------------------------------------------------------
+    async def sync_once(self) -> None:
+        try:
+            stored, bad = await self.store.read()
+            hosts_raw = await self.store.read_prefix("hosts/")
+        except (RegistryUnavailable, RegistryRefused) as exc:
+            self.status.error = None if self.status.revision else f"etcd: {exc}"
+            return
+        for key in bad:
+            log.warning("unreadable key %s", key)
+        hosts: dict[str, ipaddress.IPv4Address] = {}
+        for node, raw in hosts_raw.items():
+            try:
+                hosts[node] = ipaddress.IPv4Address(json.loads(raw)["tunnel_ip"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("unreadable host record hosts/%s", node)
+        addresses = {name: ip for (_, ip), (name, _) in stored.claims.items()}
+        objects = [o for o, _ in stored.objects.values()]
+        local, remote, skipped = endpoints_for(objects, addresses, self.opts.node, hosts, self.opts.default_mtu)
+        peers = tuple(sorted(ip for node, ip in hosts.items() if node != self.opts.node))
+        tenants = tuple(o for o in objects if o.kind == "TenantNetwork")
+        started = time.monotonic()
+        try:
+            states, delta, counts = await self._on_pool(self._apply, stored, local, remote, peers, tenants)
+        except (DataplaneError, NetdError) as exc:
+            self.metrics.connected.set(0)
+            self.status.ovs, self.status.error = f"error: {exc}", f"OVS: {exc}"
+            log.warning("switch sync failed: %s", exc)
+            return
+        self.metrics.apply_seconds.observe(time.monotonic() - started)
+        self.metrics.connected.set(1)
+        if not delta.empty:
+            self.metrics.applies.inc()
+            for op, n in (("add", delta.added), ("modify", delta.modified), ("delete", delta.deleted)):
+                if n:
+                    self.metrics.changes.labels(op).inc(n)
+            log.info("flows: +%d ~%d -%d (revision %d)", delta.added, delta.modified, delta.deleted, stored.revision)
+        self.metrics.flows.clear()
+        for table, n in counts.items():
+            self.metrics.flows.labels(str(table)).set(n)
+        self.metrics.endpoints.clear()
+        for state in {"wired" if s == "wired" else "not wired" for s in states.values()}:
+            self.metrics.endpoints.labels(state).set(sum(1 for s in states.values() if (s == "wired") ==
+                                                         (state == "wired")))
+        for name, state in states.items():
+            if self.status.endpoints.get(name) != state:
+                (log.info if state == "wired" else log.warning)("endpoint %s: %s", name, state)
+        if set(skipped) - set(self.status.skipped):
+            for why in sorted(set(skipped) - set(self.status.skipped)):
+                log.info("endpoint not handled here: %s", why)
+        self.status = SwitchStatus("connected", stored.revision, states, skipped)
+        self.metrics.revision.set(stored.revision)
+        try:
+            await self._publish_statuses(states)
+        except (RegistryUnavailable, RegistryRefused) as exc:
+            log.debug("publishing endpoint status: %s", exc)
+
+    async def _publish_statuses(self, states: dict[str, str]) -> None:
+        items: dict[str, bytes | None] = {f"status/endpoints/{n}": json.dumps(
+            {"host": self.opts.node, "state": s}).encode() for n, s in states.items()}
+        for key in list(self._published):
+            if key.startswith("status/endpoints/") and key not in items:
+                items[key] = None
+        await self._publish(items)
+
+    def _apply(self, stored: Any, local: list[LocalWant], remote: list[Any], peers: tuple[Any, ...],
+               tenants: tuple[Any, ...]) -> tuple[dict[str, str], FlowDelta, dict[int, int]]:
+        """On the switch thread: bridge, underlay, tunnel, wiring, flows."""
+        sw = self.switch
+        sw.ensure_bridge()
+        if self.opts.phy_iface:
+            self._ensure_phy()
+        tunnel = sw.ensure_tunnel(str(self.opts.tunnel_ip))
+        objects = {o.metadata.name: o for o, _ in stored.objects.values() if o.kind == "Endpoint"}
+        want = {w.endpoint: w for w in local}
+        states: dict[str, str] = {}
+        ports: list[LocalPort] = []
+        for port, endpoint in sw.endpoint_ports().items():  # ours that should no longer be here
+            if endpoint not in want or port != host_port_name(endpoint):
+                sw.remove_port(port)
+                self.wiring.unwire(port)
+                log.info("unwired endpoint %s (port %s)", endpoint, port)
+        for name, w in sorted(want.items()):
+            spec = objects[name].spec
+            port = host_port_name(name)
+            path = self.wiring.target_path(spec)
+            if path is None:
+                if self.wiring.is_wired(port) or sw.ofport(port) is not None:
+                    sw.remove_port(port)
+                    self.wiring.unwire(port)
+                states[name] = f"target gone: {spec.target} does not exist or is not running"
+                continue
+            try:
+                if not self.wiring.is_wired(port):
+                    self.wiring.wire(name, spec, path, w.mac, w.ip, w.tenant.spec.subnet, w.mtu, w.tenant.spec.gateway)
+                ofport = sw.ensure_endpoint_port(port, name)
+            except DataplaneError as exc:
+                states[name] = f"failed: {exc}"
+                continue
+            ports.append(LocalPort(w.tenant.metadata.name, name, ofport, w.mac, w.ip))
+            states[name] = "wired"
+        view = SwitchView(tenants, tuple(ports), tuple(remote), tunnel, peers)
+        flows = compile_tenant_flows(view)
+        delta = sw.sync_flows(flows)
+        counts: dict[int, int] = {}
+        for f in flows:
+            counts[f.table] = counts.get(f.table, 0) + 1
+        return states, delta, counts
+
+    def _ensure_phy(self) -> None:
+        """The userspace datapath tunnels from an address on an OVS internal port: the underlay
+        interface joins netd-phy and its address (the tunnel address) moves to netd-phy's port.
+        After an ovs-vswitchd restart the port comes back without it, so this runs every sync."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        assert self.opts.phy_iface is not None
+        self.switch.ensure_phy(PHY_BRIDGE, self.opts.phy_iface)
+        ipr = self.wiring.ipr
+        tip = str(self.opts.tunnel_ip)
+        phy = ipr.link_lookup(ifname=PHY_BRIDGE)
+        iface = ipr.link_lookup(ifname=self.opts.phy_iface)
+        if not phy or not iface:
+            raise DataplaneError(f"{PHY_BRIDGE} or {self.opts.phy_iface} is missing")
+        plen = 24
+        for a in ipr.get_addr(index=iface[0], family=2):
+            if a.get_attr("IFA_ADDRESS") == tip:
+                plen = a["prefixlen"]
+                ipr.addr("del", index=iface[0], address=tip, prefixlen=plen)
+                log.info("moved the tunnel address %s/%d from %s to %s", tip, plen, self.opts.phy_iface, PHY_BRIDGE)
+        have = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=phy[0], family=2)]
+        if not any(addr == tip for addr, _ in have):
+            try:
+                ipr.addr("add", index=phy[0], address=tip, prefixlen=self._phy_plen or plen)
+            except NetlinkError as exc:
+                raise DataplaneError(f"addressing {PHY_BRIDGE} with {tip}: {exc}") from exc
+        self._phy_plen = self._phy_plen or plen
+        ipr.link("set", index=phy[0], state="up")
+        ipr.link("set", index=iface[0], state="up")
+
+    _phy_plen: int = 0
+
+    def close(self) -> None:
+        self.switch.close()
+        self.wiring.close()
