@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from integration.etcd import ETCDCTL, EtcdServer
 
@@ -283,9 +284,14 @@ class Cluster(ClusterBase):
     """n namespace hosts on one underlay, with a real etcd on the underlay."""
 
     def __init__(self, n: int, etcd: bool = True, etcd_prefix: str = "/coreos.com/network",
-                 etcd_tick_ms: int = 10) -> None:
+                 etcd_tick_ms: int = 10, ovs: bool = False) -> None:
         """etcd_tick_ms: etcd's heartbeat (the election timeout is 10 ticks); tests use 10 ms, so
-        elections are quick; etcd's own default, 100 ms, keeps an idle etcd quieter."""
+        elections are quick; etcd's own default, 100 ms, keeps an idle etcd quieter.
+        ovs: every host gets its own ovsdb-server + ovs-vswitchd (userspace datapath) and a second
+        underlay link, eth1 at 10.250.1.(10+I)/24, for the tenant tunnels (OVS takes it over: br-phy),
+        and netd runs its switch loop (node name hI)."""
+        self.ovs = ovs
+        self.ovs_servers: dict[int, Any] = {}
         self.tag = f"nd{os.getpid() % 10000}x{next(_counter)}"
         self.workdir = tempfile.mkdtemp(prefix=f"netd-{self.tag}-")
         self.underlay_ns = f"{self.tag}-u"
@@ -334,7 +340,26 @@ class Cluster(ClusterBase):
         sh(in_ns(ns, "ip", "link", "set", "eth0", "up"))
         sh(in_ns(ns, "ip", "route", "add", "default", "via", GATEWAY))
         sh(in_ns(self.underlay_ns, "ip", "link", "set", f"h{i}", "master", "br0", "up"))
+        if self.ovs:
+            from integration.ovs import OvsServer
+
+            sh(in_ns(ns, "ip", "link", "add", "eth1", "type", "veth", "peer", "name", f"t{i}", "netns",
+                     self.underlay_ns))
+            sh(in_ns(ns, "ip", "addr", "add", f"{self.tunnel_ip(i)}/24", "dev", "eth1"))
+            sh(in_ns(ns, "ip", "link", "set", "eth1", "up"))
+            sh(in_ns(self.underlay_ns, "ip", "link", "set", f"t{i}", "master", "br0", "up"))
+            self.ovs_servers[i] = OvsServer(os.path.join(workdir, "ovs"), netns=ns).start()
         return Host(i, ns, ip, workdir, os.path.join(workdir, "subnet.env"))
+
+    @staticmethod
+    def tunnel_ip(i: int) -> str:
+        return f"10.250.1.{10 + i}"
+
+    def ovs_flags(self, i: int) -> list[str]:
+        if not self.ovs:
+            return []
+        return ["--ovs-bridge=netd-int", f"--ovs-rundir={self.ovs_servers[i].rundir}", "--ovs-datapath=netdev",
+                "--ovs-phy-iface=eth1", f"--tunnel-ip={self.tunnel_ip(i)}", f"--node-name=h{i}"]
 
     def host(self, i: int) -> Host:
         return self.hosts[i - 1]
@@ -441,6 +466,7 @@ class Cluster(ClusterBase):
             f"--healthz-port={HEALTHZ_PORT}",
             f"--resync-interval={resync}",
             "--log-level=debug",
+            *self.ovs_flags(i),
             *extra,
         ]
         logf = open(h.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -504,6 +530,9 @@ class Cluster(ClusterBase):
                 self.stop_netd(h.index, signal.SIGKILL)
         if self.etcd is not None:
             self.etcd.kill()
+        for server in self.ovs_servers.values():
+            with contextlib.suppress(Exception):
+                server.stop()
         self._delete_namespaces(f"{self.tag}-")
         if os.environ.get("NETD_KEEP_LOGS"):
             print(f"cluster logs kept in {self.workdir}", file=sys.stderr)

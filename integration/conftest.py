@@ -31,8 +31,12 @@ def make_cluster():
         _require(shutil.which(tool) is not None, f"{tool} not installed")
     made: list[Cluster] = []
 
-    def make(n: int = 3) -> Cluster:
-        c = Cluster(n)
+    def make(n: int = 3, ovs: bool = False) -> Cluster:
+        if ovs:
+            from integration.ovs import ovs_installed
+
+            _require(ovs_installed(), "Open vSwitch not installed (apt-get install openvswitch-switch)")
+        c = Cluster(n, ovs=ovs)
         made.append(c)
         return c
 

@@ -42,7 +42,15 @@ class Wiring:
         #: the userspace datapath completes no checksums: the endpoint must not leave them to it
         self.tx_off = tx_off
         self._docker: Any = None
-        self.ipr = IPRoute()
+        self._ipr: IPRoute | None = None
+
+    @property
+    def ipr(self) -> IPRoute:
+        """Made on first use, on the thread that uses it: pyroute2's IPRoute cannot be made inside a
+        running asyncio loop."""
+        if self._ipr is None:
+            self._ipr = IPRoute()
+        return self._ipr
 
     def _docker_client(self) -> Any:
         if self._docker is None:
@@ -83,22 +91,23 @@ class Wiring:
             raise DataplaneError(f"creating the veth pair of endpoint {endpoint}: {exc}") from exc
         finally:
             os.close(fd)
+        # Inside, with iproute2 through nsenter: pyroute2 opens a socket in another namespace by forking
+        # a helper, which crashes in a process that runs gRPC's threads.
+        script = [f"ip link del {inner} 2>/dev/null || true",  # a leftover of an earlier wiring
+                  f"ip link set dev {tmp} name {inner} address {mac} mtu {mtu}",
+                  # IPv4 tenants: no IPv6 chatter (router solicitations, MLD) for the admission flows to drop
+                  f"sysctl -qw net.ipv6.conf.{inner}.disable_ipv6=1 || true",
+                  f"ip addr add {ip}/{subnet.prefixlen} dev {inner}",
+                  f"ip link set {inner} up", "ip link set lo up"]
+        if gateway is not None:
+            script.append(f"ip route replace default via {gateway} dev {inner}")
+        if self.tx_off:
+            script.append(f"ethtool -K {inner} tx off >/dev/null")
         try:
-            with IPRoute(netns=path) as inside:
-                index = inside.link_lookup(ifname=tmp)[0]
-                if inside.link_lookup(ifname=inner):  # a leftover of an earlier wiring
-                    inside.link("del", index=inside.link_lookup(ifname=inner)[0])
-                inside.link("set", index=index, ifname=inner, address=mac, mtu=mtu)
-                inside.addr("add", index=index, address=str(ip), prefixlen=subnet.prefixlen)
-                inside.link("set", index=index, state="up")
-                lo = inside.link_lookup(ifname="lo")
-                if lo:
-                    inside.link("set", index=lo[0], state="up")
-                if gateway is not None:
-                    inside.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=index)
-            if self.tx_off:
-                subprocess.run(["nsenter", f"--net={path}", "ethtool", "-K", inner, "tx", "off"], capture_output=True,
-                               check=True, timeout=10)
+            r = subprocess.run(["nsenter", f"--net={path}", "sh", "-ec", "; ".join(script)], capture_output=True,
+                               text=True, timeout=20)
+            if r.returncode != 0:
+                raise OSError(r.stderr.strip() or f"exit {r.returncode}")
             self.ipr.link("set", index=self.ipr.link_lookup(ifname=port)[0], state="up")
         except (NetlinkError, OSError, IndexError, subprocess.SubprocessError) as exc:
             self.unwire(port)
@@ -116,6 +125,7 @@ class Wiring:
                 raise DataplaneError(f"deleting {port}: {exc}") from exc
 
     def close(self) -> None:
-        self.ipr.close()
+        if self._ipr is not None:
+            self._ipr.close()
         if self._docker is not None:
             self._docker.close()
