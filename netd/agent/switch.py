@@ -86,6 +86,7 @@ class SwitchAgent:
         self._wake = asyncio.Event()
         self._lease: int | None = None
         self._published: dict[str, bytes] = {}  # what status/ and hosts/ hold of ours
+        self._reinstalling = False
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="switch")
 
     async def _on_pool(self, fn: Callable[..., T], *args: Any) -> T:
@@ -143,9 +144,10 @@ class SwitchAgent:
                 self.metrics.connected.set(0)
                 self.status.ovs = f"unreachable: {exc}"
                 continue
-            if not present and self.status.revision:
+            if not present and self.status.revision and not self._reinstalling:
                 log.warning("the canary flow is gone (ovs-vswitchd restarted?): reinstalling every flow")
                 self.metrics.reinstalls.inc()
+                self._reinstalling = True  # (counted once, until a sync has put it back)
                 self.wake()
 
     async def _presence_loop(self, stopping: asyncio.Event) -> None:
@@ -222,6 +224,7 @@ class SwitchAgent:
             log.warning("switch sync failed: %s", exc)
             return
         self.metrics.apply_seconds.observe(time.monotonic() - started)
+        self._reinstalling = False
         self.metrics.connected.set(1)
         if not delta.empty:
             self.metrics.applies.inc()
