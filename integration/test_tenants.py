@@ -179,3 +179,47 @@ def test_a_detached_or_vanished_endpoint_loses_its_port(make_cluster):
     c.netctl(1, "detach", "a")
     wait_for(lambda: state("a") == "", 10, lambda: c.readyz(1))
     assert c.ovs_servers[1].vsctl("list-ports", "netd-int").split() == ["netd-vx"]
+
+
+@pytest.fixture
+def dockerd():
+    from integration.conftest import _require
+    from integration.docker import DockerDaemon, docker_installed
+
+    _require(docker_installed(), "dockerd or busybox-static not installed (apt-get install docker.io busybox-static)")
+    d = DockerDaemon().start()
+    yield d
+    d.stop()
+
+
+def test_a_docker_container_on_a_tenant_is_reached_from_another_host(make_cluster, dockerd):
+    from integration.docker import IMAGE
+
+    c = make_cluster(2, ovs=True)
+    c.set_config({"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}})
+    for i in (1, 2):
+        c.start_netd(i, f"--docker-host={dockerd.host}")
+    c.wait_ready(timeout=60)
+    path = f"{c.workdir}/tenants.yaml"
+    with open(path, "w") as fh:
+        fh.write(TENANTS)
+    c.netctl(1, "apply", "-f", path)
+    cli = dockerd.client()
+    try:
+        container = cli.containers.run(IMAGE, "sleep 600", name=f"{c.tag}-web", network_mode="none", detach=True)
+        out = c.netctl(1, "attach", "--tenant", "blue", "--host", "h1", "--container", f"{c.tag}-web",
+                       "--ip", "10.20.0.31", "--name", "web").stdout
+        assert "endpoint web: 10.20.0.31" in out
+        peer = Box(c, 2, "blue", "10.20.0.32", "client")
+        wait_wired(c, "web", "client")
+        assert peer.ping("10.20.0.31", count=3)
+        back = container.exec_run("ping -c 2 -W 2 10.20.0.32")
+        assert back.exit_code == 0, back.output
+        assert b"10.20.0.31/24" in container.exec_run("ip addr show t-blue").output
+        container.remove(force=True)  # the container goes: reported, its port removed
+        wait_for(lambda: str(c.readyz(1)[1].get("tenant_networks", {}).get("endpoints", {}).get(  # type: ignore
+            "web", "")).startswith("target gone"), 20, lambda: c.readyz(1))
+        wait_for(lambda: c.ovs_servers[1].vsctl("list-ports", "netd-int").split() == ["netd-vx"], 10,
+                 lambda: c.ovs_servers[1].vsctl("list-ports", "netd-int"))
+    finally:
+        cli.close()

@@ -56,7 +56,7 @@ class Wiring:
         if self._docker is None:
             import docker
 
-            self._docker = docker.DockerClient(base_url=self.docker_host) if self.docker_host \
+            self._docker = docker.DockerClient(base_url=self.docker_host, version="auto") if self.docker_host \
                 else docker.from_env()
         return self._docker
 
