@@ -264,6 +264,17 @@ class ClusterBase:
     def netns_add(self, i: int, name: str) -> None:
         self.exec(i, "ip", "netns", "add", name)
 
+    def netns_del(self, i: int, name: str) -> None:
+        self.exec(i, "ip", "netns", "del", name, check=False)
+
+    def node_name(self, i: int) -> str:
+        """Host i's name in Endpoint specs (netd's --node-name)."""
+        return f"node{i}"
+
+    def ovs_tool(self, i: int, tool: str, *args: str) -> str:
+        """An OVS tool (ovs-appctl, ovs-ofctl, ovs-vsctl) against host i's Open vSwitch."""
+        return self.exec(i, tool, *args).stdout
+
     def container_exec(self, c: Container, *cmd: str, check: bool = True,
                        timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return self.exec(c.host, "ip", "netns", "exec", c.name, *cmd, check=check, timeout=timeout)
@@ -359,7 +370,7 @@ class Cluster(ClusterBase):
         if not self.ovs:
             return []
         return ["--ovs-bridge=netd-int", f"--ovs-rundir={self.ovs_servers[i].rundir}", "--ovs-datapath=netdev",
-                "--ovs-phy-iface=eth1", f"--tunnel-ip={self.tunnel_ip(i)}", f"--node-name=h{i}"]
+                "--ovs-phy-iface=eth1", f"--tunnel-ip={self.tunnel_ip(i)}", f"--node-name={self.node_name(i)}"]
 
     def host(self, i: int) -> Host:
         return self.hosts[i - 1]
@@ -386,6 +397,16 @@ class Cluster(ClusterBase):
     def netns_add(self, i: int, name: str) -> None:
         sh(["ip", "netns", "add", name])
 
+    def netns_del(self, i: int, name: str) -> None:
+        sh(["ip", "netns", "del", name], check=False)
+
+    def node_name(self, i: int) -> str:
+        return f"h{i}"
+
+    def ovs_tool(self, i: int, tool: str, *args: str) -> str:
+        server = self.ovs_servers[i]
+        return self.exec(i, "env", f"OVS_RUNDIR={server.rundir}", f"OVS_DBDIR={server.workdir}", tool, *args).stdout
+
     def container_exec(self, c: Container, *cmd: str, check: bool = True,
                        timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return sh(in_ns(c.name, *cmd), check=check, timeout=timeout)
@@ -403,10 +424,13 @@ class Cluster(ClusterBase):
         h = self.host(i)
         flags = h.extra
         self.stop_netd(i, signal.SIGKILL)
+        if i in self.ovs_servers:  # its OVS dies too; a fresh one starts with the host (its workdir goes)
+            self.ovs_servers.pop(i).stop()
         self._delete_namespaces(f"{h.ns}c")
         subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
         # the kernel tears the namespace down asynchronously: remove the underlay end now
-        subprocess.run(in_ns(self.underlay_ns, "ip", "link", "del", f"h{i}"), capture_output=True)
+        for end in (f"h{i}", f"t{i}"):
+            subprocess.run(in_ns(self.underlay_ns, "ip", "link", "del", end), capture_output=True)
         shutil.rmtree(h.workdir, ignore_errors=True)
         self.hosts[i - 1] = self._make_host(i)
         self.start_netd(i, *flags)

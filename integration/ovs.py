@@ -60,7 +60,7 @@ class OvsServer:
         if not os.path.exists(self.db_path):
             subprocess.run(["ovsdb-tool", "create", self.db_path, SCHEMA], check=True, capture_output=True)
         self._run("ovsdb-server", self.db_path, f"--remote=punix:{self.rundir}/db.sock",
-                  f"--pidfile={self._pidfile('ovsdb-server')}", f"--unixctl={self.rundir}/ovsdb-server.ctl",
+                  f"--pidfile={self._pidfile('ovsdb-server')}",
                   f"--log-file={self.workdir}/ovsdb-server.log", "-vconsole:off", "--detach")
         subprocess.run(["ovs-vsctl", f"--db={self.db}", "--no-wait", "init"], env=self.env, check=True,
                        capture_output=True, timeout=30)
@@ -69,7 +69,7 @@ class OvsServer:
 
     def start_vswitchd(self) -> None:
         self._run("ovs-vswitchd", self.db, f"--pidfile={self._pidfile('ovs-vswitchd')}",
-                  f"--unixctl={self.rundir}/ovs-vswitchd.ctl", f"--log-file={self.workdir}/ovs-vswitchd.log",
+                  f"--log-file={self.workdir}/ovs-vswitchd.log",
                   "-vconsole:off", "--detach")
 
     def kill_vswitchd(self) -> None:

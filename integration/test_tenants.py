@@ -14,41 +14,10 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
 from integration.cluster import Cluster, capture, in_ns, sh, wait_for
+from integration.tenants import TENANTS, apply_specs, attach, endpoint_states, wait_wired
 from integration.test_udp import tcp_hashed
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
-
-TENANTS = """\
-apiVersion: netd/v1
-kind: TenantNetwork
-metadata: {name: blue}
-spec: {vni: 5001, subnet: 10.20.0.0/24}
----
-apiVersion: netd/v1
-kind: TenantNetwork
-metadata: {name: red}
-spec: {vni: 5002, subnet: 10.20.0.0/24}
-"""
-
-
-class Box:
-    """An endpoint namespace (a 'container' on a tenant network)."""
-
-    def __init__(self, c: Cluster, host: int, tenant: str, ip: str, endpoint: str | None = None) -> None:
-        self.c, self.host, self.tenant, self.ip = c, host, tenant, ip
-        self.endpoint = endpoint or f"{tenant}{host}"
-        self.name = f"{c.tag}-{self.endpoint}"  # its network namespace
-        sh(["ip", "netns", "add", self.name])
-        out = c.netctl(1, "attach", "--tenant", tenant, "--host", f"h{host}", "--netns", self.name,
-                       "--ip", ip, "--name", self.endpoint).stdout
-        assert f"endpoint {self.endpoint}: {ip}" in out, out
-
-    def run(self, *cmd: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        return sh(in_ns(self.name, *cmd), check=check, timeout=60)
-
-    def ping(self, ip: str, count: int = 1, wait: float = 1) -> bool:
-        return self.run("ping", "-n", "-c", str(count), "-W", str(wait), ip).returncode == 0
-
 
 def tenant_cluster(make_cluster, n: int = 3) -> Cluster:
     c = make_cluster(n, ovs=True)
@@ -56,21 +25,8 @@ def tenant_cluster(make_cluster, n: int = 3) -> Cluster:
     for i in range(1, n + 1):
         c.start_netd(i)
     c.wait_ready(timeout=60)
-    path = f"{c.workdir}/tenants.yaml"
-    with open(path, "w") as fh:
-        fh.write(TENANTS)
-    c.netctl(1, "apply", "-f", path)
+    apply_specs(c, TENANTS)
     return c
-
-
-def wait_wired(c: Cluster, *names: str, timeout: float = 20) -> None:
-    def wired() -> dict[str, str]:
-        out: dict[str, str] = {}
-        for i in range(1, c.size + 1):
-            out.update(c.readyz(i)[1].get("tenant_networks", {}).get("endpoints", {}))  # type: ignore[union-attr]
-        return out
-
-    wait_for(lambda: all(wired().get(n) == "wired" for n in names), timeout, lambda: wired())
 
 
 def flows(c: Cluster, i: int) -> list[str]:
@@ -79,10 +35,10 @@ def flows(c: Cluster, i: int) -> list[str]:
 
 def test_two_tenants_with_overlapping_subnets_reach_their_own_and_nothing_else(make_cluster):
     c = tenant_cluster(make_cluster)
-    blue = {i: Box(c, i, "blue", f"10.20.0.{10 + i}") for i in (1, 2, 3)}
-    red = {i: Box(c, i, "red", f"10.20.0.{10 + i}") for i in (1, 2, 3)}  # the same addresses, in red
-    only_red = Box(c, 2, "red", "10.20.0.50", "red-only")
-    only_blue = Box(c, 3, "blue", "10.20.0.60", "blue-only")
+    blue = {i: attach(c, i, "blue", f"10.20.0.{10 + i}") for i in (1, 2, 3)}
+    red = {i: attach(c, i, "red", f"10.20.0.{10 + i}") for i in (1, 2, 3)}  # the same addresses, in red
+    only_red = attach(c, 2, "red", "10.20.0.50", "red-only")
+    only_blue = attach(c, 3, "blue", "10.20.0.60", "blue-only")
     everyone = [*blue.values(), *red.values(), only_red, only_blue]
     wait_wired(c, *(b.endpoint for b in everyone))
     for group in (list(blue.values()) + [only_blue], list(red.values()) + [only_red]):
@@ -117,7 +73,7 @@ def test_two_tenants_with_overlapping_subnets_reach_their_own_and_nothing_else(m
 
 def test_a_vswitchd_killed_and_restarted_is_reprogrammed_at_once(make_cluster):
     c = tenant_cluster(make_cluster, 2)
-    a, b = Box(c, 1, "blue", "10.20.0.11"), Box(c, 2, "blue", "10.20.0.12")
+    a, b = attach(c, 1, "blue", "10.20.0.11"), attach(c, 2, "blue", "10.20.0.12")
     wait_wired(c, "blue1", "blue2")
     assert a.ping(b.ip, count=2)
     server = c.ovs_servers[2]
@@ -138,7 +94,7 @@ def test_a_vswitchd_killed_and_restarted_is_reprogrammed_at_once(make_cluster):
 
 def test_a_change_to_one_tenant_touches_only_its_flows(make_cluster):
     c = tenant_cluster(make_cluster, 2)
-    r1, r2 = Box(c, 1, "red", "10.20.0.11"), Box(c, 2, "red", "10.20.0.12")
+    r1, r2 = attach(c, 1, "red", "10.20.0.11"), attach(c, 2, "red", "10.20.0.12")
     wait_wired(c, "red1", "red2")
     assert r1.ping(r2.ip, count=3)
 
@@ -152,7 +108,7 @@ def test_a_change_to_one_tenant_touches_only_its_flows(make_cluster):
         return out
 
     before = red_flows()
-    Box(c, 1, "blue", "10.20.0.21")
+    attach(c, 1, "blue", "10.20.0.21")
     wait_wired(c, "blue1")
     wait_for(lambda: any("cookie=0x4e45544400001389" in line for line in flows(c, 1)), 10, "no blue flows")
     assert red_flows() == before  # red's flows untouched: same flows, same counters
@@ -162,15 +118,15 @@ def test_a_change_to_one_tenant_touches_only_its_flows(make_cluster):
 
 def test_a_detached_or_vanished_endpoint_loses_its_port(make_cluster):
     c = tenant_cluster(make_cluster, 1)
-    a = Box(c, 1, "blue", "10.20.0.11", "a")
-    b = Box(c, 1, "blue", "10.20.0.12", "b")
+    a = attach(c, 1, "blue", "10.20.0.11", "a")
+    b = attach(c, 1, "blue", "10.20.0.12", "b")
     wait_wired(c, "a", "b")
     assert a.ping(b.ip)
     assert len(c.ovs_servers[1].vsctl("list-ports", "netd-int").split()) == 3  # a, b and the tunnel
     sh(["ip", "netns", "del", b.name])  # the 'container' is gone
 
     def state(name: str) -> str:
-        return str(c.readyz(1)[1].get("tenant_networks", {}).get("endpoints", {}).get(name, ""))  # type: ignore
+        return endpoint_states(c).get(name, "")
 
     wait_for(lambda: state("b").startswith("target gone"), 20, lambda: c.readyz(1))
     status = json.loads(c.etcdctl("get", "/netd/status/endpoints/b", "--print-value-only"))
@@ -200,25 +156,21 @@ def test_a_docker_container_on_a_tenant_is_reached_from_another_host(make_cluste
     for i in (1, 2):
         c.start_netd(i, f"--docker-host={dockerd.host}")
     c.wait_ready(timeout=60)
-    path = f"{c.workdir}/tenants.yaml"
-    with open(path, "w") as fh:
-        fh.write(TENANTS)
-    c.netctl(1, "apply", "-f", path)
+    apply_specs(c, TENANTS)
     cli = dockerd.client()
     try:
         container = cli.containers.run(IMAGE, "sleep 600", name=f"{c.tag}-web", network_mode="none", detach=True)
         out = c.netctl(1, "attach", "--tenant", "blue", "--host", "h1", "--container", f"{c.tag}-web",
                        "--ip", "10.20.0.31", "--name", "web").stdout
         assert "endpoint web: 10.20.0.31" in out
-        peer = Box(c, 2, "blue", "10.20.0.32", "client")
+        peer = attach(c, 2, "blue", "10.20.0.32", "client")
         wait_wired(c, "web", "client")
         assert peer.ping("10.20.0.31", count=3)
         back = container.exec_run("ping -c 2 -W 2 10.20.0.32")
         assert back.exit_code == 0, back.output
         assert b"10.20.0.31/24" in container.exec_run("ip addr show t-blue").output
         container.remove(force=True)  # the container goes: reported, its port removed
-        wait_for(lambda: str(c.readyz(1)[1].get("tenant_networks", {}).get("endpoints", {}).get(  # type: ignore
-            "web", "")).startswith("target gone"), 20, lambda: c.readyz(1))
+        wait_for(lambda: endpoint_states(c).get("web", "").startswith("target gone"), 20, lambda: c.readyz(1))
         wait_for(lambda: c.ovs_servers[1].vsctl("list-ports", "netd-int").split() == ["netd-vx"], 10,
                  lambda: c.ovs_servers[1].vsctl("list-ports", "netd-int"))
     finally:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
 
-from integration.cluster import ClusterBase, wait_for
+from integration.cluster import ClusterBase, Container, wait_for
+from integration.tenants import TENANTS, apply_specs, attach, wait_wired
 
 pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.etcd]
 ON_VMS = os.environ.get("NETD_CLUSTER") == "vagrant"
@@ -30,8 +32,9 @@ def cluster():
     if os.geteuid() != 0 or not shutil.which("etcd"):
         pytest.skip("namespace hosts need root and etcd")
     from integration.cluster import Cluster
+    from integration.ovs import ovs_installed
 
-    ns = Cluster(2)
+    ns = Cluster(2, ovs=ovs_installed())  # with OVS, netd runs its switch loop too (as on the VMs)
     ns.set_config({"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}})
     for i in (1, 2):
         ns.start_netd(i)
@@ -53,7 +56,12 @@ def use_backend(c: ClusterBase, backend: str) -> None:
 def tcp_transfer_intact(c: ClusterBase, mbytes: int) -> None:
     a, b = c.add_container(1), c.add_container(2)
     assert c.can_ping(a, b.ip) and c.can_ping(b, a.ip)
-    for i in (1, 2):
+    tcp_between(c, a, b, mbytes)
+
+
+def tcp_between(c: ClusterBase, a: Container, b: Container, mbytes: int) -> None:
+    """mbytes of TCP from a to b, hashed at both ends."""
+    for i in {a.host, b.host}:
         c.copy_to(i, TOOLS, "/tmp/netd-tools.py")
     rx = c.container_popen(b, "python3", "/tmp/netd-tools.py", "tcp-recv", "5001")
     assert rx.stdout is not None and rx.stdout.readline().strip() == "listening"
@@ -78,6 +86,42 @@ def test_hosts_lease_distinct_subnets_ping_and_move_tcp_intact(cluster, backend)
     rows = json.loads(c.netctl(2, "leases", "-o", "json").stdout)
     assert {r["public_ip"] for r in rows} >= {c.host_ip(1), c.host_ip(2)}
     assert all(r["backend"] == backend for r in rows if r["public_ip"] in (c.host_ip(1), c.host_ip(2)))
+
+
+def test_two_tenants_with_one_subnet_stay_apart_across_hosts(cluster):
+    """The isolation scenario of integration/test_tenants.py over the hosts' own OVS: on the VMs
+    the kernel datapath (--ovs-datapath system), on namespace hosts the userspace one."""
+    c = cluster
+    if not ON_VMS:
+        from integration.conftest import _require
+
+        _require(getattr(c, "ovs", False), "Open vSwitch not installed (apt-get install openvswitch-switch)")
+    c.wait_ready(timeout=120)
+    apply_specs(c, TENANTS)
+    boxes = [attach(c, 1, "blue", "10.20.0.11"), attach(c, 2, "blue", "10.20.0.12"),
+             attach(c, 1, "red", "10.20.0.11"), attach(c, 2, "red", "10.20.0.12"),  # the same addresses
+             attach(c, 2, "red", "10.20.0.50", "red-only"), attach(c, 1, "blue", "10.20.0.60", "blue-only")]
+    blue1, blue2, red1, red2, red_only, blue_only = boxes
+    try:
+        wait_wired(c, *(b.endpoint for b in boxes), timeout=120 if ON_VMS else 30)
+        for a, b in ((blue1, blue2), (red1, red2), (blue2, blue_only), (red1, red_only)):
+            assert a.ping(b.ip, count=2) and b.ping(a.ip, count=2), f"{a.endpoint} <-> {b.endpoint}"
+        tcp_between(c, red1, red2, 5)
+        for src in (blue1, blue2):  # an address only the other tenant has is out of reach, either way
+            assert not src.ping(red_only.ip), src.endpoint
+        for src in (red1, red2):
+            assert not src.ping(blue_only.ip), src.endpoint
+        datapath = "system@ovs-system" if ON_VMS else "netdev@ovs-netdev"
+        for i in (1, 2):  # that datapath carried it, and it came in through the tenant tunnel on both ends
+            dp = c.ovs_tool(i, "ovs-appctl", "dpctl/show")
+            assert dp.startswith(f"{datapath}:") and "vxlan_sys_4789" in dp, dp
+            tunnel_in = c.ovs_tool(i, "ovs-ofctl", "dump-flows", "netd-int", "table=0,in_port=netd-vx")
+            assert sum(int(n) for n in re.findall(r"n_packets=(\d+)", tunnel_in)) > 1000, tunnel_in
+    finally:
+        for b in boxes:
+            b.remove()
+        for tenant in ("blue", "red"):
+            c.netctl(1, "delete", "TenantNetwork", tenant, check=False)
 
 
 def test_restarting_netd_keeps_the_subnet(cluster):

@@ -49,7 +49,10 @@ fi
 
 install -d /etc/netd
 sed -e "s|^NETD_ETCD_ENDPOINTS=.*|NETD_ETCD_ENDPOINTS=http://$ETCD_IP:2379|" \
-    -e "s|^# NETD_IFACE=.*|NETD_IFACE=eth1|" /tmp/netd-contrib/netd.env > /etc/netd/netd.env
+    -e "s|^# NETD_IFACE=.*|NETD_IFACE=eth1|" -e "s|^# NETD_OVS_BRIDGE=.*|NETD_OVS_BRIDGE=netd-int|" \
+    -e "s|^# NETD_OVS_DATAPATH=.*|NETD_OVS_DATAPATH=system|" /tmp/netd-contrib/netd.env > /etc/netd/netd.env
+# tenant networks: the box's Open vSwitch, kernel datapath (the openvswitch module of Debian's kernel)
+systemctl enable --now openvswitch-switch >/dev/null 2>&1
 install -m644 /tmp/netd-contrib/netd.service /etc/systemd/system/netd.service
 systemctl daemon-reload
 systemctl enable netd >/dev/null 2>&1

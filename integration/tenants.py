@@ -1,0 +1,81 @@
+"""Tenant-network helpers for scenarios on any cluster (namespace hosts or the Vagrant VMs):
+endpoints as network namespaces attached with netctl, and waiting until the hosts report them wired."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+from integration.cluster import ClusterBase, Container, wait_for
+
+TENANTS = """\
+apiVersion: netd/v1
+kind: TenantNetwork
+metadata: {name: blue}
+spec: {vni: 5001, subnet: 10.20.0.0/24}
+---
+apiVersion: netd/v1
+kind: TenantNetwork
+metadata: {name: red}
+spec: {vni: 5002, subnet: 10.20.0.0/24}
+"""
+
+
+def apply_specs(c: ClusterBase, text: str, name: str = "tenants.yaml") -> str:
+    """Write ``text`` to a file on host 1 and `netctl apply -f` it; netctl's output."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        fh.write(text)
+    dst = f"/tmp/{getattr(c, 'tag', 'netd')}-{name}"
+    try:
+        c.copy_to(1, fh.name, dst)
+    finally:
+        os.unlink(fh.name)
+    return c.netctl(1, "apply", "-f", dst).stdout
+
+
+@dataclass
+class Box(Container):
+    """An endpoint: a network namespace on host ``host`` attached to a tenant network."""
+
+    tenant: str = ""
+    endpoint: str = ""
+    cluster: ClusterBase | None = field(default=None, repr=False, compare=False)
+
+    def run(self, *cmd: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        assert self.cluster is not None
+        return self.cluster.container_exec(self, *cmd, check=check, timeout=timeout)
+
+    def ping(self, ip: object, count: int = 1, wait: float = 1) -> bool:
+        return self.run("ping", "-n", "-c", str(count), "-W", str(wait), str(ip)).returncode == 0
+
+    def remove(self) -> None:
+        """Detach the endpoint and delete its namespace."""
+        assert self.cluster is not None
+        self.cluster.netctl(1, "detach", self.endpoint, check=False)
+        self.cluster.netns_del(self.host, self.name)
+
+
+def attach(c: ClusterBase, host: int, tenant: str, ip: str, endpoint: str | None = None) -> Box:
+    import ipaddress
+
+    endpoint = endpoint or f"{tenant}{host}"
+    name = f"{getattr(c, 'tag', 'netd')}-{endpoint}"
+    c.netns_add(host, name)
+    out = c.netctl(1, "attach", "--tenant", tenant, "--host", c.node_name(host), "--netns", name, "--ip", ip,
+                   "--name", endpoint).stdout
+    assert f"endpoint {endpoint}: {ip}" in out, out
+    return Box(name, host, ipaddress.IPv4Address(ip), tenant=tenant, endpoint=endpoint, cluster=c)
+
+
+def endpoint_states(c: ClusterBase) -> dict[str, str]:
+    """Every host's report of its endpoints (/readyz): name -> "wired" or why not."""
+    out: dict[str, str] = {}
+    for i in range(1, c.size + 1):
+        out.update(c.readyz(i)[1].get("tenant_networks", {}).get("endpoints", {}))  # type: ignore[union-attr]
+    return out
+
+
+def wait_wired(c: ClusterBase, *names: str, timeout: float = 20) -> None:
+    wait_for(lambda: all(endpoint_states(c).get(n) == "wired" for n in names), timeout, lambda: endpoint_states(c))
