@@ -50,7 +50,7 @@ def netctl(etcd_server, unique_prefix, tmp_path):
         path.write_text(textwrap.dedent(text))
         return str(path)
 
-    run.keys, run.write, run.etcd = keys, write, etcd_server  # type: ignore[attr-defined]
+    run.keys, run.write, run.etcd, run.prefix = keys, write, etcd_server, netd_prefix  # type: ignore[attr-defined]
     return run
 
 
@@ -150,8 +150,19 @@ def test_apply_diff_get_attach_detach_delete(netctl):
     taken = netctl("attach", "--tenant", "blue", "--host", "h2", "--netns", "x", "--ip", "10.20.0.2", ok=False)
     assert taken.returncode == 1 and "10.20.0.2 is already endpoint h1-web1's in tenant blue" in taken.stderr
     table = netctl("get", "endpoints").stdout.splitlines()
-    assert table[0].split() == ["NAME", "TENANT", "HOST", "TARGET", "IP", "MAC"]
-    assert table[1].split() == ["h1-web1", "blue", "h1", "netns", "web1", "10.20.0.2", "0a:58:0a:14:00:02"]
+    assert table[0].split() == ["NAME", "TENANT", "HOST", "TARGET", "IP", "MAC", "STATE"]
+    assert table[1].split()[:7] == ["h1-web1", "blue", "h1", "netns", "web1", "10.20.0.2", "0a:58:0a:14:00:02"]
+    assert " no report: host h1 is not up " in table[1]
+    # what h1's switch loop writes (netd/agent/switch.py): its presence, then the endpoint's state
+    prefix = netctl.prefix
+    netctl.etcd.etcdctl("put", f"{prefix}/hosts/h1", '{"tunnel_ip": "10.250.1.11"}')
+    assert netctl("get", "endpoints").stdout.splitlines()[1].endswith(" pending")
+    state = '{"host": "h1", "state": "target gone: netns web1"}'
+    netctl.etcd.etcdctl("put", f"{prefix}/status/endpoints/h1-web1", state)
+    [row] = json.loads(netctl("get", "endpoints", "h1-web1", "-o", "json").stdout)
+    assert row["state"] == "target gone: netns web1" and row["address"]["ip"] == "10.20.0.2"
+    for key in (f"{prefix}/hosts/h1", f"{prefix}/status/endpoints/h1-web1"):  # (h1's lease ends)
+        netctl.etcd.etcdctl("del", key)
     rows = json.loads(netctl("get", "tenants", "-o", "json").stdout)
     assert [(r["metadata"]["name"], r["spec"]["vni"]) for r in rows] == [("blue", 5001), ("red", 5002)]
     refused = netctl("delete", "tenants", "blue", ok=False)

@@ -146,8 +146,7 @@ class SwitchAgent:
                 continue
             if not present and self.status.revision and not self._reinstalling:
                 log.warning("the canary flow is gone (ovs-vswitchd restarted?): reinstalling every flow")
-                self.metrics.reinstalls.inc()
-                self._reinstalling = True  # (counted once, until a sync has put it back)
+                self._reinstalling = True  # (told once, until a sync has put it back)
                 self.wake()
 
     async def _presence_loop(self, stopping: asyncio.Event) -> None:
@@ -224,6 +223,11 @@ class SwitchAgent:
             log.warning("switch sync failed: %s", exc)
             return
         self.metrics.apply_seconds.observe(time.monotonic() - started)
+        # counted by the sync that put the canary back, whichever woke it (the canary loop, a watch
+        # event or the resync): once per lost flow table
+        if delta.restores_canary and self.status.revision:
+            self.metrics.reinstalls.inc()
+            log.warning("reinstalled every flow (the bridge had lost them: ovs-vswitchd restarted?)")
         self._reinstalling = False
         self.metrics.connected.set(1)
         if not delta.empty:

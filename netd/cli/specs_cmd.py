@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from netd.cli.common import FlagParser, add_flag, arg_type
@@ -142,7 +143,8 @@ async def run_spec_command(args: argparse.Namespace) -> int:
                     return 1
                 plan = plan_apply([obj], stored)
             else:  # get
-                return _get(args, stored)
+                reports = await _endpoint_reports(store) if _kind(args.kind) == "Endpoint" else Reports({}, frozenset())
+                return _get(args, stored, reports)
         except SpecFileError as exc:
             print(exc, file=sys.stderr)
             return 2
@@ -175,7 +177,33 @@ def _kind(text: str) -> str:
     return kind
 
 
-def _get(args: argparse.Namespace, stored: Any) -> int:
+@dataclass(frozen=True)
+class Reports:
+    """What the hosts say: each endpoint's state (status/endpoints/NAME) and which hosts are up
+    (hosts/NODE); both are bound to the host's presence, so they go with it."""
+
+    states: dict[str, str]
+    hosts: frozenset[str]
+
+    def state(self, o: Endpoint) -> str:
+        if o.metadata.name in self.states:
+            return self.states[o.metadata.name]
+        if o.spec.host not in self.hosts:
+            return f"no report: host {o.spec.host} is not up (no netd there with --ovs-bridge and this --node-name)"
+        return "pending"
+
+
+async def _endpoint_reports(store: Any) -> Reports:
+    states: dict[str, str] = {}
+    for name, raw in (await store.read_prefix("status/endpoints/")).items():
+        try:
+            states[name] = str(json.loads(raw)["state"])
+        except (ValueError, KeyError, TypeError):
+            states[name] = "unreadable report"
+    return Reports(states, frozenset(await store.read_prefix("hosts/")))
+
+
+def _get(args: argparse.Namespace, stored: Any, reports: Reports) -> int:
     from netd.core.specplan import endpoint_mac
 
     kind = _kind(args.kind)
@@ -192,6 +220,7 @@ def _get(args: argparse.Namespace, stored: Any) -> int:
         if isinstance(o, Endpoint):
             ip = stored.address_of(o.metadata.name)
             doc["address"] = {"ip": str(ip) if ip else None, "mac": endpoint_mac(ip) if ip else None}
+            doc["state"] = reports.state(o)
         rows.append(doc)
     if args.output == "json":
         print(json.dumps(rows, indent=2))
@@ -208,9 +237,9 @@ def _get(args: argparse.Namespace, stored: Any) -> int:
             print(f"{o.metadata.name:<20} {o.spec.vni:<9} {str(o.spec.subnet):<18} {str(o.spec.gateway or '-'):<16} "
                   f"{len(stored.endpoints_of(o.metadata.name))}")
     else:
-        print(f"{'NAME':<24} {'TENANT':<14} {'HOST':<12} {'TARGET':<26} {'IP':<16} MAC")
+        print(f"{'NAME':<24} {'TENANT':<14} {'HOST':<12} {'TARGET':<26} {'IP':<16} {'MAC':<18} STATE")
         for o, doc in zip(objs, rows, strict=True):
             assert isinstance(o, Endpoint)
             print(f"{o.metadata.name:<24} {o.spec.tenant:<14} {o.spec.host:<12} {o.spec.target:<26} "
-                  f"{doc['address']['ip'] or '-':<16} {doc['address']['mac'] or '-'}")
+                  f"{doc['address']['ip'] or '-':<16} {doc['address']['mac'] or '-':<18} {doc['state']}")
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from netd.core.tenants import is_ours
+from netd.core.tenants import CANARY_COOKIE, T_CANARY, is_ours
 
 _LINE = re.compile(r"^([+-])(?:table=(\d+) )?(\S*?)(?: cookie=(0x[0-9a-f]+))? actions=(.*)$")
 
@@ -32,6 +32,12 @@ class FlowDelta:
     @property
     def empty(self) -> bool:
         return not self.commands
+
+    @property
+    def restores_canary(self) -> bool:
+        """The bundle adds the canary back: the bridge had lost netd's flows (ovs-vswitchd restarted)."""
+        return any(c.startswith(f"add table={T_CANARY},") and f",cookie={CANARY_COOKIE:#x}," in c
+                   for c in self.commands)
 
 
 def _flow_spec(key: str) -> str:

@@ -41,3 +41,16 @@ def test_no_diff_no_bundle_and_strange_lines_are_errors():
     assert plan_flow_delta("").empty and plan_flow_delta("\n").empty
     with pytest.raises(ValueError, match="unexpected diff-flows line"):
         plan_flow_delta("ovs-ofctl: something went wrong\n")
+
+
+def test_a_bundle_that_adds_the_canary_back_is_a_reinstall():
+    canary = "table=250 priority=1 cookie=0x4e455444ffffffff actions=drop"
+    other = f"table=10 priority=50,reg0=0x1389 cookie={OURS} actions=drop"
+    assert plan_flow_delta(f"+{canary}\n+{other}\n").restores_canary  # an empty bridge filled again
+    assert not plan_flow_delta(f"+{other}\n").restores_canary  # a change, canary in place
+    assert not plan_flow_delta(f"-{canary}\n").restores_canary  # the canary removed is not restored
+    # the canary's match held by another cookie: modified, not restored
+    assert not plan_flow_delta(f"-{canary.replace('ffffffff', 'fffffffe')}\n+{canary}\n").restores_canary
+    # a flow of another table with the canary's cookie is not the canary
+    assert not plan_flow_delta(f"+{canary.replace('table=250', 'table=251')}\n").restores_canary
+    assert not plan_flow_delta(f"+{canary.replace('ffffffff', 'fffffffe')}\n").restores_canary
