@@ -28,16 +28,13 @@ class FlowDelta:
     deleted: int = 0
     #: flows netd wants whose match another owner's flow holds: left alone, and reported
     conflicts: tuple[str, ...] = ()
+    #: the bundle adds the canary back: the bridge had lost netd's flows (ovs-vswitchd restarted)
+    restores_canary: bool = False
 
     @property
     def empty(self) -> bool:
         return not self.commands
 
-    @property
-    def restores_canary(self) -> bool:
-        """The bundle adds the canary back: the bridge had lost netd's flows (ovs-vswitchd restarted)."""
-        return any(c.startswith(f"add table={T_CANARY},") and f",cookie={CANARY_COOKIE:#x}," in c
-                   for c in self.commands)
 
 
 def _flow_spec(key: str) -> str:
@@ -61,6 +58,7 @@ def plan_flow_delta(diff: str) -> FlowDelta:
     commands: list[str] = []
     conflicts: list[str] = []
     added = modified = deleted = 0
+    restores_canary = False
     for key, (cookie, actions) in sorted(new.items()):
         if key in old and not is_ours(old[key][0]):
             conflicts.append(f"{_flow_spec(key)} is held by cookie {old[key][0]:#x}")
@@ -71,8 +69,9 @@ def plan_flow_delta(diff: str) -> FlowDelta:
             modified += 1
         else:
             added += 1
+            restores_canary |= key.startswith(f"table={T_CANARY} ") and cookie == CANARY_COOKIE
     for key, (cookie, _) in sorted(old.items()):
         if key not in new and is_ours(cookie):
             commands.append(f"delete_strict {_flow_spec(key)}")
             deleted += 1
-    return FlowDelta(tuple(commands), added, modified, deleted, tuple(conflicts))
+    return FlowDelta(tuple(commands), added, modified, deleted, tuple(conflicts), restores_canary)
