@@ -175,3 +175,18 @@ def test_a_docker_container_on_a_tenant_is_reached_from_another_host(make_cluste
                  lambda: c.ovs_servers[1].vsctl("list-ports", "netd-int"))
     finally:
         cli.close()
+
+
+def test_the_readme_demo_runs_as_written_and_keeps_the_tenants_apart(make_cluster):
+    """scripts/demo's cluster part (scripts/demo itself runs bootstrap first): it exits 0 only if the
+    overlay ping and the tenant pings came out as they must. (make_cluster: its prerequisite checks.)"""
+    from integration.conftest import _require
+    from integration.ovs import ovs_installed
+
+    _require(ovs_installed(), "Open vSwitch not installed (apt-get install openvswitch-switch)")
+    out = subprocess.run([sys.executable, "-m", "integration.demo", "--hosts", "2", "--no-wait"],
+                         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert "ping blue1 (host 1) -> 10.20.0.12: replies" in out.stdout, out.stdout
+    assert "ping red1 (host 1) -> 10.20.0.60: no reply" in out.stdout, out.stdout
+    assert "demo OK" in out.stdout
