@@ -293,7 +293,7 @@ class SwitchAgent:
                 continue
             try:
                 if not self.wiring.is_wired(port):
-                    self.wiring.wire(name, spec, path, w.mac, w.ip, w.tenant.spec.subnet, w.mtu, w.tenant.spec.gateway)
+                    self.wiring.wire(name, spec, path, w.mac, w.ip, w.tenant.spec.subnet, w.mtu, w.gateway)
                 ofport = sw.ensure_endpoint_port(port, name)
             except DataplaneError as exc:
                 states[name] = f"failed: {exc}"

@@ -161,6 +161,7 @@ class LocalWant:
     ip: IPv4
     mac: str
     mtu: int
+    gateway: IPv4 | None  # its default route: the tenant's gateway, unless it is the gateway (the router)
 
 
 def endpoints_for(objects: Iterable[object], addresses: dict[str, IPv4], node: str, hosts: dict[str, IPv4],
@@ -177,7 +178,8 @@ def endpoints_for(objects: Iterable[object], addresses: dict[str, IPv4], node: s
         if tenant is None or ip is None:
             skipped.append(f"{name}: " + ("no tenant network " + ep.spec.tenant if tenant is None else "no address"))
         elif ep.spec.host == node:
-            local.append(LocalWant(name, tenant, ip, endpoint_mac(ip), tenant.spec.mtu or default_mtu))
+            gateway = tenant.spec.gateway if tenant.spec.gateway != ip else None
+            local.append(LocalWant(name, tenant, ip, endpoint_mac(ip), tenant.spec.mtu or default_mtu, gateway))
         elif ep.spec.host in hosts:
             remote.append(RemoteEndpoint(ep.spec.tenant, name, endpoint_mac(ip), ip, hosts[ep.spec.host]))
         else:

@@ -213,8 +213,9 @@ def check_objects(new: Sequence[tuple[int, SpecObject]], stored: Iterable[SpecOb
     * a kind and name once per apply;
     * a TenantNetwork's VNI unique among all of them; its subnet not overlapping the cluster's
       overlay Network (a container on both could not tell them apart); two tenants may overlap;
-    * an Endpoint's tenant exists; its ip a host address of the tenant's subnet, not the gateway,
-      and no other endpoint of that tenant's.
+    * an Endpoint's tenant exists; its ip a host address of the tenant's subnet and no other
+      endpoint of that tenant's. It may be the tenant's gateway, given explicitly: that endpoint is
+      the tenant's router (the other endpoints' default route goes to it); allocation never picks it.
     """
     issues: list[Issue] = []
     seen: dict[tuple[str, str], int] = {}
@@ -261,9 +262,6 @@ def check_objects(new: Sequence[tuple[int, SpecObject]], stored: Iterable[SpecOb
         if not is_host_of(ip, tenant.spec.subnet):
             issues.append(Issue(where, ("spec", "ip"), f"{ip} is not a host address of tenant "
                                 f"{tenant.metadata.name}'s subnet {tenant.spec.subnet}", *object_key(obj)))
-        elif ip == tenant.spec.gateway:
-            issues.append(Issue(where, ("spec", "ip"), f"{ip} is tenant {tenant.metadata.name}'s gateway",
-                                *object_key(obj)))
     for index, obj in new:
         if isinstance(obj, Endpoint) and obj.spec.ip is not None:
             users = addresses.get((obj.spec.tenant, obj.spec.ip), [])

@@ -114,9 +114,10 @@ def test_endpoint_rules():
     assert check_objects([(0, endpoint(tenant="nope"))], [blue])[0].message == \
         "no TenantNetwork 'nope' (neither in these files nor stored)"
     assert check_objects([(0, endpoint(ip="10.20.0.7"))], [blue]) == []
+    assert check_objects([(0, endpoint(ip="10.20.0.1"))], [blue]) == []  # the gateway, given: the tenant's router
     for ip, msg in (("10.21.0.7", "10.21.0.7 is not a host address of tenant blue's subnet 10.20.0.0/24"),
                     ("10.20.0.255", "10.20.0.255 is not a host address of tenant blue's subnet 10.20.0.0/24"),
-                    ("10.20.0.1", "10.20.0.1 is tenant blue's gateway")):
+                    ("10.20.0.0", "10.20.0.0 is not a host address of tenant blue's subnet 10.20.0.0/24")):
         assert [i.message for i in check_objects([(0, endpoint(ip=ip))], [blue])] == [msg]
     taken = check_objects([(0, endpoint("b", ip="10.20.0.7"))], [blue, endpoint("a", ip="10.20.0.7")])
     assert [i.message for i in taken] == ["10.20.0.7 is also endpoint a's in tenant blue"]

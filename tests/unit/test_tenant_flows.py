@@ -14,6 +14,7 @@ from netd.core.tenants import (
     RemoteEndpoint,
     SwitchView,
     compile_tenant_flows,
+    endpoints_for,
     flows_by_tenant,
     is_ours,
     tenant_cookie,
@@ -94,3 +95,26 @@ def test_a_lone_host_without_tunnels_and_unknown_tenants():
     assert not any(f.cookie == tenant_cookie(5002) for f in flows)  # red is not a tenant here: r1 gets nothing
     empty = compile_tenant_flows(SwitchView())
     assert [(f.table, f.cookie) for f in empty] == [(0, SHARED_COOKIE), (10, SHARED_COOKIE), (250, CANARY_COOKIE)]
+
+
+def endpoint(name, tenant_name, host):
+    return parse_object({"apiVersion": "netd/v1", "kind": "Endpoint", "metadata": {"name": name},
+                         "spec": {"tenant": tenant_name, "host": host, "netns": name}})[0]
+
+
+def test_endpoints_split_into_local_remote_and_skipped_with_their_routes_and_mtu():
+    routed = parse_object({"apiVersion": "netd/v1", "kind": "TenantNetwork", "metadata": {"name": "green"},
+                           "spec": {"vni": 7, "subnet": "10.30.0.0/24", "gateway": "10.30.0.1", "mtu": 1400}})[0]
+    objects = [BLUE, routed, endpoint("router", "green", "h1"), endpoint("web", "green", "h1"),
+               endpoint("b1", "blue", "h1"), endpoint("b2", "blue", "h2"), endpoint("b9", "blue", "h9"),
+               endpoint("lost", "nope", "h1"), endpoint("new", "blue", "h1")]
+    addresses = {"router": A("10.30.0.1"), "web": A("10.30.0.5"), "b1": A("10.20.0.2"), "b2": A("10.20.0.3"),
+                 "b9": A("10.20.0.9"), "lost": A("10.99.0.1")}  # "new" has no address yet
+    local, remote, skipped = endpoints_for(objects, addresses, "h1", {"h1": A("10.250.1.11"), "h2": H2}, 1450)
+    assert [(w.endpoint, w.tenant.metadata.name, w.ip, w.mac, w.mtu, w.gateway) for w in local] == [
+        ("b1", "blue", A("10.20.0.2"), "0a:58:0a:14:00:02", 1450, None),  # no gateway, the default MTU
+        ("router", "green", A("10.30.0.1"), "0a:58:0a:1e:00:01", 1400, None),  # it is the gateway: no route to itself
+        ("web", "green", A("10.30.0.5"), "0a:58:0a:1e:00:05", 1400, A("10.30.0.1"))]
+    assert remote == [RemoteEndpoint("blue", "b2", "0a:58:0a:14:00:03", A("10.20.0.3"), H2)]
+    assert skipped == ["b9: its host h9 is not up (no record under hosts/)", "lost: no tenant network nope",
+                       "new: no address"]
