@@ -32,7 +32,8 @@ def add_spec_commands(p: FlagParser, sub: Any) -> None:
         q = sub.add_parser(name, help=what)
         files(q)
         q.add_argument("--prune", action="store_true",
-                       help="the files are the whole desired state: delete stored objects they do not name")
+                       help="the files are the whole desired state of the kinds they hold: delete stored objects of "
+                            "those kinds they do not name (never a tenant network endpoints still use)")
     d = sub.add_parser("delete", help="delete objects: those of files (-f), or KIND NAME")
     d.add_argument("-f", "--filename", dest="files", action="append", metavar="FILE")
     d.add_argument("kind", nargs="?")

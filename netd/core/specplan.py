@@ -76,8 +76,12 @@ def free_address(tenant: TenantNetwork, taken: Iterable[ipaddress.IPv4Address]) 
 
 
 def plan_apply(desired: Sequence[SpecObject], stored: Stored, prune: bool = False) -> Plan:
-    """Objects to add, change or (with prune: every stored object not desired) delete, and the
-    address claims that follow. Raises PlanError when addresses do not work out."""
+    """Objects to add, change or (with prune) delete, and the address claims that follow. Raises
+    PlanError when addresses do not work out, or a prune would take a tenant from its endpoints.
+
+    Prune deletes the stored objects the files do not name, of the kinds the files hold (as kubectl
+    scopes its prune): a file of tenant networks prunes tenants, never the endpoints `netctl attach`
+    made. A tenant that endpoints still use is not pruned: the apply is refused."""
     want = {object_key(o): o for o in desired}
     changes: list[Change] = []
     unchanged: list[ObjKey] = []
@@ -90,8 +94,21 @@ def plan_apply(desired: Sequence[SpecObject], stored: Stored, prune: bool = Fals
         else:
             unchanged.append(key)
     if prune:
-        changes += [Change("delete", key, obj, None) for key, (obj, _) in sorted(stored.objects.items())
-                    if key not in want]
+        kinds = {kind for kind, _ in want}
+        pruned = [Change("delete", key, obj, None) for key, (obj, _) in sorted(stored.objects.items())
+                  if key not in want and key[0] in kinds]
+        gone = {c.key for c in pruned}
+        for kind, name in sorted(gone):
+            if kind != "TenantNetwork":
+                continue
+            users = sorted({e.metadata.name for e in stored.endpoints_of(name)
+                            if ("Endpoint", e.metadata.name) not in gone}
+                           | {o.metadata.name for o in want.values()
+                              if isinstance(o, Endpoint) and o.spec.tenant == name})
+            if users:
+                raise PlanError(f"--prune would delete tenant network {name}, which endpoints {', '.join(users)} "
+                                f"use: detach them first, or keep {name} in the files")
+        changes += pruned
     add, drop = _claims(changes, stored, want)
     return Plan(tuple(changes), add, drop, tuple(unchanged))
 

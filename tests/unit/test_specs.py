@@ -143,6 +143,26 @@ def test_plan_adds_changes_keeps_and_prunes():
     assert plan_apply([blue], stored).unchanged == (("TenantNetwork", "blue"),)
 
 
+def test_prune_deletes_only_the_kinds_the_files_hold_and_never_a_tenant_in_use():
+    blue, red, green = tenant(), tenant("red", 5002), tenant("green", 5003, "10.30.0.0/24")
+    a = endpoint("a", ip="10.20.0.2")  # blue's, made by netctl attach: in no file
+    stored = stored_of(blue, red, a, claims=[("blue", "10.20.0.2", "a")])
+    plan = plan_apply([blue], stored, prune=True)  # a file of tenants: prunes red, never the endpoint
+    assert [(c.action, c.key) for c in plan.changes] == [("delete", ("TenantNetwork", "red"))]
+    assert plan.drop_claims == ()
+    with pytest.raises(PlanError, match=r"^--prune would delete tenant network blue, which endpoints a use: "
+                                        r"detach them first, or keep blue in the files$"):
+        plan_apply([red], stored, prune=True)
+    with pytest.raises(PlanError, match="which endpoints b use"):  # an endpoint in the files names it
+        plan_apply([green, endpoint("b", "blue")], stored_of(blue, green), prune=True)
+    # endpoints in the files too: a is pruned, so blue can go
+    both = plan_apply([green, endpoint("b", "green", ip="10.30.0.5")], stored, prune=True)
+    assert [(c.action, c.key) for c in both.changes] == [
+        ("add", ("Endpoint", "b")), ("add", ("TenantNetwork", "green")), ("delete", ("Endpoint", "a")),
+        ("delete", ("TenantNetwork", "blue")), ("delete", ("TenantNetwork", "red"))]
+    assert both.drop_claims == (("blue", A("10.20.0.2")),)
+
+
 def test_addresses_are_claimed_lowest_first_never_twice_and_kept():
     blue = tenant(gateway="10.20.0.1")
     plan = plan_apply([blue, endpoint("a"), endpoint("b", ip="10.20.0.2"), endpoint("c")], stored_of(blue))
