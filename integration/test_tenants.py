@@ -190,3 +190,78 @@ def test_the_readme_demo_runs_as_written_and_keeps_the_tenants_apart(make_cluste
     assert "ping blue1 (host 1) -> 10.20.0.12: replies" in out.stdout, out.stdout
     assert "ping red1 (host 1) -> 10.20.0.60: no reply" in out.stdout, out.stdout
     assert "demo OK" in out.stdout
+
+
+def test_a_refused_apply_changes_no_flow_on_any_host(make_cluster):
+    """Every class of bad file (tests/test_netctl_specs.py's, beside the good file) is refused while the
+    agents run: after two whole syncs on each host since, its flows are the same flows, and no bundle
+    was written."""
+    import textwrap
+
+    from tests.test_netctl_specs import BAD, GOOD
+
+    c = tenant_cluster(make_cluster, 2)
+    a, b = attach(c, 1, "blue", "10.20.0.11"), attach(c, 2, "blue", "10.20.0.12")
+    wait_wired(c, "blue1", "blue2")
+
+    def metric(i: int, name: str) -> float:
+        _, text = c.http_get(i, "/metrics")
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+    def bridge(i: int) -> list[str]:
+        return sorted(c.ovs_servers[i].ofctl("netd-int", "dump-flows", "--no-stats").splitlines())
+
+    def etcd_revision() -> int:
+        return int(json.loads(c.etcdctl("get", "/", "-w", "json"))["header"]["revision"])
+
+    apply_specs(c, GOOD, "good.yaml")  # blue gets a gateway: applied, so the agents have synced it below
+    wait_for(lambda: all(c.readyz(i)[1]["tenant_networks"]["spec_revision"] == etcd_revision()  # type: ignore[index]
+                         for i in (1, 2)), 20, "the good apply did not reach both hosts")
+    before = {i: bridge(i) for i in (1, 2)}
+    applies = {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)}
+    revision = etcd_revision()
+    for case, (text, want) in BAD.items():
+        with open(f"/tmp/{c.tag}-bad.yaml", "w") as fh:
+            fh.write(textwrap.dedent(text))
+        r = c.netctl(1, "apply", "-f", f"/tmp/{c.tag}-good.yaml", "-f", f"/tmp/{c.tag}-bad.yaml", check=False)
+        assert r.returncode == 2 and all(f"{c.tag}-bad.yaml{line}" in r.stderr for line in want), (case, r.stderr)
+    assert etcd_revision() == revision
+    syncs = {i: metric(i, "netd_ovs_apply_seconds_count") for i in (1, 2)}
+    wait_for(lambda: all(metric(i, "netd_ovs_apply_seconds_count") >= syncs[i] + 2 for i in (1, 2)), 20,
+             "the hosts did not sync twice")
+    assert {i: bridge(i) for i in (1, 2)} == before
+    assert {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)} == applies
+    assert a.ping(b.ip, count=2)
+
+
+def test_a_tenant_spec_change_reprograms_and_rewires_it_once(make_cluster):
+    """red's VNI and gateway change: its flows move to the new cookie (a modify cannot change one),
+    its endpoints are wired again with the new default route, traffic flows, and the bridge then
+    stays put (no bundle on every sync)."""
+    c = tenant_cluster(make_cluster, 2)
+    r1, r2 = attach(c, 1, "red", "10.20.0.11"), attach(c, 2, "red", "10.20.0.12")
+    wait_wired(c, "red1", "red2")
+    assert r1.ping(r2.ip, count=2)
+    apply_specs(c, TENANTS.replace("spec: {vni: 5002, subnet: 10.20.0.0/24}",
+                                   "spec: {vni: 5003, subnet: 10.20.0.0/24, gateway: 10.20.0.1}"))
+
+    def cookies(i: int) -> set[str]:
+        return {line.split(",")[0].strip() for line in flows(c, i)}
+
+    for i in (1, 2):
+        wait_for(lambda i=i: "cookie=0x4e4554440000138b" in cookies(i)
+                 and "cookie=0x4e4554440000138a" not in cookies(i), 20, lambda i=i: cookies(i))
+    for box in (r1, r2):
+        wait_for(lambda box=box: "default via 10.20.0.1 dev t-red" in box.run("ip", "route").stdout, 20,
+                 lambda box=box: box.run("ip", "route").stdout)
+    assert r1.ping(r2.ip, count=2) and r2.ping(r1.ip, count=2)
+
+    def metric(i: int, name: str) -> float:
+        _, text = c.http_get(i, "/metrics")
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+    applies = {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)}
+    syncs = {i: metric(i, "netd_ovs_apply_seconds_count") for i in (1, 2)}
+    wait_for(lambda: all(metric(i, "netd_ovs_apply_seconds_count") >= syncs[i] + 2 for i in (1, 2)), 20,
+             "the hosts did not sync twice")
+    assert {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)} == applies

@@ -4,11 +4,15 @@ Layout (one key per object, JSON values carrying their apiVersion):
   * ``<prefix>/objects/<Kind>/<name>``: the document as the operator wrote it;
   * ``<prefix>/ipam/<tenant>/<ip>``: ``{"endpoint": name}``, the claim that keeps an address to one
     endpoint.
+  * ``<prefix>/generation``: written by every commit; ``read`` returns its mod_revision.
 Contract (tests/contract/test_object_store_contract.py runs it on both implementations):
-  * ``read`` is one consistent snapshot of both (one etcd transaction of two ranges) with its revision;
-  * ``commit(plan, stored)`` writes a plan in one transaction, all or nothing, and only if none of the
-    keys it touches changed since ``stored`` was read (a new key: absent; an old one: its
-    mod_revision), else ConflictError and nothing is written.
+  * ``read`` is one consistent snapshot of all three (one etcd transaction) with its revision;
+  * ``commit(plan, stored)`` writes a plan in one transaction, all or nothing, and only if no other
+    commit came since ``stored`` was read (the generation key unchanged) and none of the keys it
+    touches changed (a new key: absent; an old one: its mod_revision), else ConflictError and
+    nothing is written. The generation matters because the rules between objects were checked
+    against the whole read: two applies from one read that each add a tenant with VNI 100, or a
+    delete of a tenant and an attach to it, touch different keys, and both would commit.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def _decode(kind_name: str, raw: bytes) -> tuple[SpecObject | None, str | None]:
 
 
 def stored_from(objects: Sequence[tuple[str, bytes, int]], claims: Sequence[tuple[str, bytes, int]],
-                revision: int) -> tuple[Stored, list[str]]:
+                revision: int, generation: int = 0) -> tuple[Stored, list[str]]:
     """Stored from (key below objects/, value, mod_revision) and (key below ipam/, ...) triples."""
     out: dict[ObjKey, tuple[SpecObject, int]] = {}
     bad: list[str] = []
@@ -75,7 +79,7 @@ def stored_from(objects: Sequence[tuple[str, bytes, int]], claims: Sequence[tupl
             held[(tenant, ipaddress.IPv4Address(ip))] = (str(owner), rev)
         except (ValueError, KeyError, TypeError) as exc:
             bad.append(f"ipam/{name}: {exc}")
-    return Stored(out, held, revision), bad
+    return Stored(out, held, revision, generation), bad
 
 
 def encode(obj: SpecObject) -> bytes:
@@ -93,6 +97,7 @@ class EtcdObjectStore(EtcdConnection):
         self.prefix = prefix.rstrip("/")
         self._objects = f"{self.prefix}/objects/".encode()
         self._ipam = f"{self.prefix}/ipam/".encode()
+        self._generation = f"{self.prefix}/generation".encode()
 
     def object_key(self, key: ObjKey) -> bytes:
         return self._objects + f"{key[0]}/{key[1]}".encode()
@@ -115,11 +120,12 @@ class EtcdObjectStore(EtcdConnection):
     async def read(self) -> tuple[Stored, list[str]]:
         response = await self._txn("read objects", [], [
             atx.Get(self._objects, autils.prefix_range_end(self._objects)),
-            atx.Get(self._ipam, autils.prefix_range_end(self._ipam))])
+            atx.Get(self._ipam, autils.prefix_range_end(self._ipam)), atx.Get(self._generation)])
         rows = [[(bytes(kv.key)[len(start):].decode(errors="replace"), bytes(kv.value), int(kv.mod_revision))
                  for kv in r.response_range.kvs]
-                for start, r in zip((self._objects, self._ipam), response.responses, strict=True)]
-        return stored_from(rows[0], rows[1], int(response.header.revision))
+                for start, r in zip((self._objects, self._ipam, self._generation), response.responses, strict=True)]
+        generation = rows[2][0][2] if rows[2] else 0
+        return stored_from(rows[0], rows[1], int(response.header.revision), generation)
 
     async def commit(self, plan: Plan, stored: Stored) -> int:
         compare: list[Any] = []
@@ -138,9 +144,14 @@ class EtcdObjectStore(EtcdConnection):
             key = self.claim_key(claim)
             compare.append(atx.Mod(key) == stored.claims[claim][1])
             ops.append(atx.Delete(key))
+        if ops:
+            compare.append(atx.Mod(self._generation) == stored.generation if stored.generation
+                           else atx.Version(self._generation) == 0)
+            ops.append(atx.Put(self._generation, str(stored.revision).encode()))
         if len(ops) > MAX_TXN_OPS:
-            raise RegistryRefused(f"this apply writes {len(ops)} keys, more than etcd's default --max-txn-ops "
-                                  f"({MAX_TXN_OPS}) lets one transaction write: apply the files in parts, or raise "
+            raise RegistryRefused(f"this change writes {len(ops)} keys, more than etcd's default --max-txn-ops "
+                                  f"({MAX_TXN_OPS}) lets one transaction write: split it (apply the files in parts; "
+                                  "detach a tenant's endpoints in groups before deleting it), or raise "
                                   "--max-txn-ops on the etcd members", code="INVALID_ARGUMENT")
         if not ops:
             return stored.revision
@@ -200,7 +211,7 @@ class MemoryObjectStore:
         def rows(prefix: str) -> list[tuple[str, bytes, int]]:
             return [(k[len(prefix):], v, rev) for k, (v, rev) in sorted(self.keys.items()) if k.startswith(prefix)]
 
-        return stored_from(rows("objects/"), rows("ipam/"), self.revision)
+        return stored_from(rows("objects/"), rows("ipam/"), self.revision, self.keys.get("generation", (b"", 0))[1])
 
     async def commit(self, plan: Plan, stored: Stored) -> int:
         writes: dict[str, bytes | None] = {}
@@ -221,6 +232,8 @@ class MemoryObjectStore:
             writes[key] = None
         if not writes:
             return stored.revision
+        expect["generation"] = stored.generation
+        writes["generation"] = str(stored.revision).encode()
         if any(self.keys.get(k, (b"", 0))[1] != rev for k, rev in expect.items()):
             raise ConflictError("another apply changed these objects since they were read; nothing was written "
                                 "(run it again)")

@@ -76,8 +76,15 @@ def _child(node: yaml.Node, part: str | int) -> yaml.Node | None:
     return None
 
 
-def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...] = ()) -> list[tuple[tuple[str | int, ...], int]]:
+def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...] = (),
+                    seen_nodes: set[int] | None = None) -> list[tuple[tuple[str | int, ...], int]]:
+    """Keys twice in one mapping, with their path and line. Each node once: an alias is the node it
+    names, and an alias inside its own anchor (``&m {labels: *m}``) would recurse for ever."""
     out: list[tuple[tuple[str | int, ...], int]] = []
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return out
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
@@ -85,10 +92,10 @@ def _duplicate_keys(node: yaml.Node, path: tuple[str | int, ...] = ()) -> list[t
             if name in seen:
                 out.append(((*path, name), int(key.start_mark.line) + 1))
             seen.add(name)
-            out += _duplicate_keys(value, (*path, name))
+            out += _duplicate_keys(value, (*path, name), seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            out += _duplicate_keys(item, (*path, i))
+            out += _duplicate_keys(item, (*path, i), seen_nodes)
     return out
 
 
@@ -104,8 +111,8 @@ def read_documents(path: str, text: str | None = None) -> tuple[list[Document], 
     problems: list[Located] = []
     try:
         for index, node in enumerate(n for n in yaml.compose_all(text, Loader=yaml.SafeLoader)):
-            if node is None:
-                continue
+            if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
+                continue  # an empty document: a trailing `---`, or comments only (kubectl skips them too)
             for key_path, line in _duplicate_keys(node):
                 problems.append(Located(path, line, Issue(index, key_path, "duplicate key (each may appear once)")))
             loader = yaml.SafeLoader("")

@@ -20,7 +20,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netd.errors import DataplaneError
-from netd.model.specs import EndpointSpec
+from netd.model.specs import EndpointSpec, interface_name
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,6 @@ def host_port_name(endpoint: str) -> str:
     """The host side's name: "nd" + 11 hex digits of the endpoint's name (an interface name has at
     most 15 characters; endpoint names have up to 63)."""
     return "nd" + hashlib.sha1(endpoint.encode()).hexdigest()[:11]
-
-
-def inner_name(tenant: str) -> str:
-    return f"t-{tenant}"[:15]
 
 
 class Wiring:
@@ -71,7 +67,7 @@ class Wiring:
             container = self._docker_client().containers.get(spec.container)
         except docker.errors.NotFound:
             return None
-        except docker.errors.DockerException as exc:
+        except Exception as exc:  # noqa: BLE001 - docker-py raises its own and requests' (dockerd down) alike
             raise DataplaneError(f"asking Docker about container {spec.container}: {exc}") from exc
         state = container.attrs.get("State", {})
         pid = state.get("Pid") or 0
@@ -80,11 +76,36 @@ class Wiring:
     def is_wired(self, port: str) -> bool:
         return bool(self.ipr.link_lookup(ifname=port))
 
+    @staticmethod
+    def fingerprint(spec: EndpointSpec, path: str, mac: str, ip: ipaddress.IPv4Address,
+                    subnet: ipaddress.IPv4Network, mtu: int, gateway: ipaddress.IPv4Address | None) -> str:
+        """What a wiring configured, kept as the host side's alias (`ip link show` prints it): a
+        wiring whose alias differs (the spec changed, or a wiring was cut short) is done again.
+        The target's namespace by inode: a container restarted is a new namespace."""
+        try:
+            ns = os.stat(path).st_ino
+        except OSError:
+            ns = 0
+        return (f"netd {interface_name(spec.tenant)} {ip}/{subnet.prefixlen} {mac} mtu {mtu} "
+                f"gw {gateway or '-'} netns-inode {ns}")
+
+    def wired_as(self, port: str) -> str | None:
+        """The fingerprint of the wiring the host side ``port`` holds (None: no such port)."""
+        found = self.ipr.link_lookup(ifname=port)
+        if not found:
+            return None
+        links = self.ipr.get_links(found[0])
+        return (links[0].get_attr("IFLA_IFALIAS") or "") if links else None
+
     def wire(self, endpoint: str, spec: EndpointSpec, path: str, mac: str, ip: ipaddress.IPv4Address,
              subnet: ipaddress.IPv4Network, mtu: int, gateway: ipaddress.IPv4Address | None) -> str:
-        port, inner, tmp = host_port_name(endpoint), inner_name(spec.tenant), "ndtmp" + host_port_name(endpoint)[2:9]
+        port, inner = host_port_name(endpoint), interface_name(spec.tenant)
+        tmp = "ndtmp" + port[2:9]
         self.unwire(port)
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:  # the container stopped, the namespace was deleted, since target_path
+            raise DataplaneError(f"opening {spec.target}'s network namespace {path}: {exc}") from exc
         try:
             self.ipr.link("add", ifname=port, kind="veth", mtu=mtu, peer={"ifname": tmp, "net_ns_fd": fd})
         except NetlinkError as exc:
@@ -108,7 +129,10 @@ class Wiring:
                                text=True, timeout=20)
             if r.returncode != 0:
                 raise OSError(r.stderr.strip() or f"exit {r.returncode}")
-            self.ipr.link("set", index=self.ipr.link_lookup(ifname=port)[0], state="up")
+            index = self.ipr.link_lookup(ifname=port)[0]
+            self.ipr.link("set", index=index, state="up")
+            # last: only a wiring that got this far is taken as done
+            self.ipr.link("set", index=index, ifalias=self.fingerprint(spec, path, mac, ip, subnet, mtu, gateway))
         except (NetlinkError, OSError, IndexError, subprocess.SubprocessError) as exc:
             self.unwire(port)
             raise DataplaneError(f"configuring endpoint {endpoint} inside {spec.target}: {exc}") from exc

@@ -30,7 +30,15 @@ from netd.adapters.ovs import OvsSwitch
 from netd.adapters.wiring import Wiring, host_port_name
 from netd.aio import supervise
 from netd.core.flows import FlowDelta
-from netd.core.tenants import Flow, LocalPort, LocalWant, SwitchView, compile_tenant_flows, endpoints_for
+from netd.core.tenants import (
+    Flow,
+    LocalPort,
+    LocalWant,
+    SwitchView,
+    clashing_vnis,
+    compile_tenant_flows,
+    endpoints_for,
+)
 from netd.errors import CompactedError, DataplaneError, NetdError, RegistryRefused, RegistryUnavailable
 
 log = logging.getLogger(__name__)
@@ -195,12 +203,31 @@ class SwitchAgent:
 
     # -- one sync ----------------------------------------------------------------------------------
     async def sync_once(self) -> None:
+        """Read the specs and peers, then make the bridge and the endpoints match. With etcd away, the
+        last specs read are applied again (a restarted ovs-vswitchd is reprogrammed all the same)."""
+        etcd_error = None
         try:
-            stored, bad = await self.store.read()
-            hosts_raw = await self.store.read_prefix("hosts/")
+            inputs = await self._read_inputs()
+            self._last_inputs = inputs
         except (RegistryUnavailable, RegistryRefused) as exc:
-            self.status.error = None if self.status.revision else f"etcd: {exc}"
+            if self._last_inputs is None:
+                self.status.error = f"etcd: {exc}"
+                return
+            inputs, etcd_error = self._last_inputs, f"etcd: {exc} (the specs of revision {self.status.revision} " \
+                "stay applied)"
+        try:
+            await self._sync(*inputs)
+        except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, shown, retried next sync
+            log.exception("switch sync failed")
+            self.status.ovs, self.status.error = f"error: {exc!r}", f"switch sync: {exc!r}"
             return
+        if etcd_error:
+            self.status.error = etcd_error
+
+    async def _read_inputs(self) -> tuple[Any, list[LocalWant], list[Any], tuple[Any, ...], tuple[Any, ...],
+                                          list[str]]:
+        stored, bad = await self.store.read()
+        hosts_raw = await self.store.read_prefix("hosts/")
         for key in bad:
             log.warning("unreadable key %s", key)
         hosts: dict[str, ipaddress.IPv4Address] = {}
@@ -214,6 +241,11 @@ class SwitchAgent:
         local, remote, skipped = endpoints_for(objects, addresses, self.opts.node, hosts, self.opts.default_mtu)
         peers = tuple(sorted(ip for node, ip in hosts.items() if node != self.opts.node))
         tenants = tuple(o for o in objects if o.kind == "TenantNetwork")
+        skipped += sorted(clashing_vnis(tenants).values())
+        return stored, local, remote, peers, tenants, skipped
+
+    async def _sync(self, stored: Any, local: list[LocalWant], remote: list[Any], peers: tuple[Any, ...],
+                    tenants: tuple[Any, ...], skipped: list[str]) -> None:
         started = time.monotonic()
         try:
             states, delta, counts = await self._on_pool(self._apply, stored, local, remote, peers, tenants)
@@ -284,7 +316,11 @@ class SwitchAgent:
         for name, w in sorted(want.items()):
             spec = objects[name].spec
             port = host_port_name(name)
-            path = self.wiring.target_path(spec)
+            try:
+                path = self.wiring.target_path(spec)
+            except DataplaneError as exc:
+                states[name] = f"failed: {exc}"
+                continue
             if path is None:
                 if self.wiring.is_wired(port) or sw.ofport(port) is not None:
                     sw.remove_port(port)
@@ -292,8 +328,11 @@ class SwitchAgent:
                 states[name] = f"target gone: {spec.target} does not exist or is not running"
                 continue
             try:
-                if not self.wiring.is_wired(port):
-                    self.wiring.wire(name, spec, path, w.mac, w.ip, w.tenant.spec.subnet, w.mtu, w.gateway)
+                wiring = (spec, path, w.mac, w.ip, w.tenant.spec.subnet, w.mtu, w.gateway)
+                if self.wiring.wired_as(port) != self.wiring.fingerprint(*wiring):  # new, changed or cut short
+                    if sw.ofport(port) is not None:  # OVS lets go of the old device (the userspace datapath
+                        sw.remove_port(port)         # would keep sending to its old ifindex)
+                    self.wiring.wire(name, *wiring)
                 ofport = sw.ensure_endpoint_port(port, name)
             except DataplaneError as exc:
                 states[name] = f"failed: {exc}"
@@ -342,6 +381,7 @@ class SwitchAgent:
 
     _phy_plen: int = 0
     _compiled: tuple[SwitchView | None, list[Flow]] = (None, [])
+    _last_inputs: tuple[Any, ...] | None = None  # what the last sync read from etcd
 
     def close(self) -> None:
         self.switch.close()

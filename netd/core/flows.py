@@ -5,7 +5,8 @@ diff-flows compares the bridge with the file after OVS's own parsing of both (so
 matter) and prints ``-`` for a flow only the bridge has and ``+`` for one only the file has, each as
 ``[table=T ]priority=P[,MATCH][ cookie=C] actions=A`` (no table for table 0, no cookie when it is
 0). A flow whose match is on both sides changed its
-actions or cookie: a ``modify_strict`` (its counters and age are kept). A ``+`` alone is an ``add``;
+actions: a ``modify_strict`` (its counters and age are kept); or its cookie: deleted and added again
+(a modify keeps the old cookie). A ``+`` alone is an ``add``;
 a ``-`` alone a ``delete_strict`` -- only when its cookie is netd's: flows of other owners are never
 touched, not even one holding a match netd wants (that is reported as a conflict).
 """
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 
 from netd.core.tenants import CANARY_COOKIE, T_CANARY, is_ours
 
-_LINE = re.compile(r"^([+-])(?:table=(\d+) )?(\S*?)(?: cookie=(0x[0-9a-f]+))? actions=(.*)$")
+#: ``[table=T ]priority=P[,MATCH][ cookie=C][ idle_timeout=.. hard_timeout=.. importance=..] actions=A``:
+#: other owners' flows may carry timeouts and importance (netd's never do); they are kept as read.
+_LINE = re.compile(r"^([+-])(?:table=(\d+) )?(\S*?)(?: cookie=(0x[0-9a-f]+))?((?: [a-z_]+=\S+)*) actions=(.*)$")
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def plan_flow_delta(diff: str) -> FlowDelta:
         m = _LINE.match(raw.strip())
         if m is None:
             raise ValueError(f"unexpected diff-flows line: {raw!r}")
-        sign, table, match, cookie, actions = m.groups()
+        sign, table, match, cookie, _extra, actions = m.groups()
         key = f"table={table or 0} {match}"  # diff-flows leaves out table=0 and a zero cookie
         (new if sign == "+" else old)[key] = (int(cookie or "0", 16), actions)
     commands: list[str] = []
@@ -63,7 +66,11 @@ def plan_flow_delta(diff: str) -> FlowDelta:
         if key in old and not is_ours(old[key][0]):
             conflicts.append(f"{_flow_spec(key)} is held by cookie {old[key][0]:#x}")
             continue
-        verb = "modify_strict" if key in old else "add"
+        if key in old and old[key][0] != cookie:
+            # a modify never changes a flow's cookie (OpenFlow): our flow that moves to another
+            # cookie (its tenant's VNI changed) is deleted and added again, in the same bundle
+            commands.append(f"delete_strict {_flow_spec(key)}")
+        verb = "modify_strict" if key in old and old[key][0] == cookie else "add"
         commands.append(f"{verb} {_flow_spec(key)},cookie={cookie:#x},actions={actions}")
         if key in old:
             modified += 1

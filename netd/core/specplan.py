@@ -27,6 +27,9 @@ class Stored:
     objects: Mapping[ObjKey, tuple[SpecObject, int]] = field(default_factory=dict)
     claims: Mapping[ClaimKey, tuple[str, int]] = field(default_factory=dict)  # -> (endpoint, mod_revision)
     revision: int = 0
+    #: the mod_revision of the store's generation key (0: none yet), which every commit writes: a
+    #: commit from this read is refused once any other commit came between
+    generation: int = 0
 
     def address_of(self, endpoint: str) -> ipaddress.IPv4Address | None:
         return next((ip for (_, ip), (name, _) in self.claims.items() if name == endpoint), None)

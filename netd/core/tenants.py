@@ -94,7 +94,22 @@ def _arp_responder(vni: int, mac: str, ip: IPv4) -> Flow:
                f"set_field:{mac}->eth_src,set_field:2->arp_op,"
                "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[],move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[],"
                f"set_field:{mac}->arp_sha,set_field:{ip}->arp_spa,IN_PORT")
-    return Flow(T_FORWARD, 110, f"reg0={vni:#x},arp,arp_op=1,arp_tpa={ip}", actions, tenant_cookie(vni))
+    # from local ports only: a request that came through the tunnel goes to the local ports (its
+    # sender's host had no answer), and IN_PORT would send the reply back to our own tunnel address
+    return Flow(T_FORWARD, 110, f"reg0={vni:#x},reg1={LOCAL},arp,arp_op=1,arp_tpa={ip}", actions,
+                tenant_cookie(vni))
+
+
+def clashing_vnis(tenants: Iterable[TenantNetwork]) -> dict[str, str]:
+    """Tenants that share a VNI with another (validation refuses it, but two applies racing, or a
+    hand-written key, could store it): name -> why. Neither is programmed: merged, they would not
+    be apart."""
+    holders: dict[int, list[str]] = {}
+    for t in tenants:
+        holders.setdefault(t.spec.vni, []).append(t.metadata.name)
+    return {name: f"tenant network {name}: VNI {vni} is also {', '.join(n for n in sorted(names) if n != name)}'s; "
+                  "neither is programmed until one changes"
+            for vni, names in holders.items() if len(names) > 1 for name in names}
 
 
 def _tunnel_to(vni: int, tunnel_ip: IPv4, ofport: int) -> str:
@@ -108,7 +123,8 @@ def compile_tenant_flows(view: SwitchView) -> list[Flow]:
         Flow(T_FORWARD, 0, "", "drop"),
         Flow(T_CANARY, 1, "", "drop", CANARY_COOKIE),
     ]
-    vnis = {t.metadata.name: t.spec.vni for t in view.tenants}
+    clash = clashing_vnis(view.tenants)
+    vnis = {t.metadata.name: t.spec.vni for t in view.tenants if t.metadata.name not in clash}
     local = [p for p in view.local if p.tenant in vnis]
     remote = [r for r in view.remote if r.tenant in vnis and view.tunnel_ofport is not None
               and r.tunnel_ip in view.peers]

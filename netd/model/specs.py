@@ -27,6 +27,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -46,6 +47,31 @@ def _dns_label(value: str) -> str:
 
 
 Name = Annotated[StrictStr, AfterValidator(_dns_label)]
+
+#: a network namespace's name as `ip netns add` makes it (a file of /run/netns): never a path, never
+#: "." or "..", so a spec cannot name the host's own namespace (/proc/1/ns/net) or any other file
+NETNS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
+#: a Docker container's name or id, as Docker allows them ([a-zA-Z0-9][a-zA-Z0-9_.-]+)
+CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
+
+
+def _netns_name(value: str) -> str:
+    if not re.fullmatch(NETNS_PATTERN, value):
+        raise ValueError(f"expected a network namespace's name (as `ip netns list` shows it: letters, digits, "
+                         f"'_', '.' and '-', not a path), found {value!r}")
+    return value
+
+
+def _container_name(value: str) -> str:
+    if not re.fullmatch(CONTAINER_PATTERN, value):
+        raise ValueError(f"expected a Docker container's name or id (letters, digits, '_', '.' and '-'), "
+                         f"found {value!r}")
+    return value
+
+
+def interface_name(tenant: str) -> str:
+    """The endpoint's interface inside its target: ``t-<tenant>``, cut to the kernel's 15 characters."""
+    return f"t-{tenant}"[:15]
 Path = tuple[str | int, ...]
 
 
@@ -90,21 +116,23 @@ class TenantNetworkSpec(_Strict):
 
     @field_validator("gateway", mode="before")
     @classmethod
-    def _gateway(cls, value: Any) -> Any:
-        return None if value is None else _ipv4_address(value)
-
-    @model_validator(mode="after")
-    def _gateway_inside(self) -> TenantNetworkSpec:
-        if self.gateway is not None and not is_host_of(self.gateway, self.subnet):
-            raise ValueError(f"gateway {self.gateway} is not a host address of subnet {self.subnet}")
-        return self
+    def _gateway(cls, value: Any, info: ValidationInfo) -> Any:
+        """An address of the subnet (checked here, not after the model, so the error names
+        spec.gateway and its line; the subnet is validated first, being declared first)."""
+        if value is None:
+            return None
+        gateway = _ipv4_address(value)
+        subnet = info.data.get("subnet")
+        if subnet is not None and not is_host_of(gateway, subnet):
+            raise ValueError(f"{gateway} is not a host address of subnet {subnet}")
+        return gateway
 
 
 class EndpointSpec(_Strict):
     tenant: Name
     host: Name
-    container: StrictStr | None = None
-    netns: StrictStr | None = None
+    container: Annotated[StrictStr, AfterValidator(_container_name)] | None = None
+    netns: Annotated[StrictStr, AfterValidator(_netns_name)] | None = None
     ip: ipaddress.IPv4Address | None = None
 
     @field_validator("ip", mode="before")
@@ -214,8 +242,10 @@ def check_objects(new: Sequence[tuple[int, SpecObject]], stored: Iterable[SpecOb
     * a TenantNetwork's VNI unique among all of them; its subnet not overlapping the cluster's
       overlay Network (a container on both could not tell them apart); two tenants may overlap;
     * an Endpoint's tenant exists; its ip a host address of the tenant's subnet and no other
-      endpoint of that tenant's. It may be the tenant's gateway, given explicitly: that endpoint is
-      the tenant's router (the other endpoints' default route goes to it); allocation never picks it.
+      endpoint of that tenant's; no other endpoint in its target (host and netns or container)
+      with its interface name (``t-<tenant>``, cut to 15 characters): one would delete the other's.
+      Its ip may be the tenant's gateway, given explicitly: that endpoint is the tenant's router (the
+      other endpoints' default route goes to it); allocation never picks it.
     """
     issues: list[Issue] = []
     seen: dict[tuple[str, str], int] = {}
@@ -262,6 +292,20 @@ def check_objects(new: Sequence[tuple[int, SpecObject]], stored: Iterable[SpecOb
         if not is_host_of(ip, tenant.spec.subnet):
             issues.append(Issue(where, ("spec", "ip"), f"{ip} is not a host address of tenant "
                                 f"{tenant.metadata.name}'s subnet {tenant.spec.subnet}", *object_key(obj)))
+    interfaces: dict[tuple[str, str, str], list[str]] = {}  # (host, target, interface) -> endpoints
+    for _, obj in union:
+        if isinstance(obj, Endpoint):
+            interfaces.setdefault((obj.spec.host, obj.spec.target, interface_name(obj.spec.tenant)),
+                                  []).append(obj.metadata.name)
+    for index, obj in new:
+        if isinstance(obj, Endpoint):
+            iface = interface_name(obj.spec.tenant)
+            others = sorted(n for n in interfaces[(obj.spec.host, obj.spec.target, iface)] if n != obj.metadata.name)
+            if others:
+                field = "netns" if obj.spec.netns is not None else "container"
+                issues.append(Issue(index, ("spec", field), f"endpoint {', '.join(others)} is interface {iface} in "
+                                    f"{obj.spec.target} on host {obj.spec.host} too: one endpoint per tenant "
+                                    f"(and per interface name) in a target", *object_key(obj)))
     for index, obj in new:
         if isinstance(obj, Endpoint) and obj.spec.ip is not None:
             users = addresses.get((obj.spec.tenant, obj.spec.ip), [])

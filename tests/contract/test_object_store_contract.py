@@ -78,6 +78,26 @@ def test_an_apply_from_a_stale_read_is_refused_and_writes_nothing(make_store):
     run(make_store, body)
 
 
+def test_two_applies_from_one_read_never_both_commit_even_on_different_keys(make_store):
+    """Each was valid against the read (VNI 100 free; tenant blue there), together they are not: two
+    tenants with one VNI (merged on the wire), or an endpoint of a deleted tenant."""
+    async def body(store):
+        s0, _ = await store.read()
+        await store.commit(plan_apply([BLUE], s0), s0)
+        s1, _ = await store.read()
+        await store.commit(plan_apply([obj("TenantNetwork", "red", vni=100, subnet="10.30.0.0/24")], s1), s1)
+        with pytest.raises(ConflictError):
+            await store.commit(plan_apply([obj("TenantNetwork", "green", vni=100, subnet="10.31.0.0/24")], s1), s1)
+        s2, _ = await store.read()
+        await store.commit(plan_delete([("TenantNetwork", "blue")], s2), s2)
+        with pytest.raises(ConflictError):
+            await store.commit(plan_apply([obj("Endpoint", "a", tenant="blue", host="h1", netns="a")], s2), s2)
+        s3, _ = await store.read()
+        assert sorted(k[1] for k in s3.objects) == ["red"] and s3.claims == {}
+
+    run(make_store, body)
+
+
 def test_two_attaches_racing_for_one_address_one_wins(make_store):
     async def body(store):
         s0, _ = await store.read()

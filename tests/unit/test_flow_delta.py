@@ -37,6 +37,25 @@ def test_table_zero_and_cookie_zero_as_diff_flows_prints_them():
         "delete_strict table=3,priority=1")
 
 
+def test_other_owners_flows_with_timeouts_and_importance_are_read_and_left_alone():
+    diff = (f"-table=40 priority=5,ip cookie={THEIRS} idle_timeout=300 hard_timeout=60 importance=3 actions=drop\n"
+            "-priority=3 idle_timeout=10 actions=drop\n"  # as ovs-ofctl 3.1 prints them
+            f"+table=40 priority=5,ip cookie={OURS} actions=output:1\n")
+    delta = plan_flow_delta(diff)
+    assert delta.empty and delta.conflicts == (f"table=40,priority=5,ip is held by cookie {THEIRS}",)
+
+
+def test_a_flow_that_changes_cookie_is_deleted_and_added_again_in_the_bundle():
+    new = OURS.replace("1389", "138a")  # its tenant's VNI changed 5001 -> 5002
+    diff = (f"-priority=100,ip,in_port=2,nw_src=10.20.0.2 cookie={OURS} actions=set_field:0x1389->reg0\n"
+            f"+priority=100,ip,in_port=2,nw_src=10.20.0.2 cookie={new} actions=set_field:0x138a->reg0\n")
+    delta = plan_flow_delta(diff)
+    assert delta.commands == (
+        "delete_strict table=0,priority=100,ip,in_port=2,nw_src=10.20.0.2",
+        f"add table=0,priority=100,ip,in_port=2,nw_src=10.20.0.2,cookie={new},actions=set_field:0x138a->reg0")
+    assert (delta.added, delta.modified, delta.deleted) == (0, 1, 0)
+
+
 def test_no_diff_no_bundle_and_strange_lines_are_errors():
     assert plan_flow_delta("").empty and plan_flow_delta("\n").empty
     with pytest.raises(ValueError, match="unexpected diff-flows line"):

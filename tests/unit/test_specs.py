@@ -55,9 +55,9 @@ def doc(kind="TenantNetwork", name="blue", **spec):
     (doc(vni=1, subnet="10.0.0.0/7"), [("spec.subnet", "expected a prefix length of 8 to 30, found /7")]),
     (doc(vni=1, subnet=5), [("spec.subnet", "expected an IPv4 CIDR such as 10.20.0.0/24, found 5")]),
     (doc(vni=1, subnet="10.0.0.0/24", gateway="10.0.1.1"),
-     [("spec", "gateway 10.0.1.1 is not a host address of subnet 10.0.0.0/24")]),
+     [("spec.gateway", "10.0.1.1 is not a host address of subnet 10.0.0.0/24")]),
     (doc(vni=1, subnet="10.0.0.0/24", gateway="10.0.0.255"),
-     [("spec", "gateway 10.0.0.255 is not a host address of subnet 10.0.0.0/24")]),
+     [("spec.gateway", "10.0.0.255 is not a host address of subnet 10.0.0.0/24")]),
     (doc(vni=1, subnet="10.0.0.0/24", colour="red"), [("spec.colour", "unknown field")]),
     (doc(subnet="10.0.0.0/24"), [("spec.vni", "required")]),
     (doc(vni=1, subnet="10.0.0.0/24", mtu=100),
@@ -119,6 +119,26 @@ def test_endpoint_rules():
                     ("10.20.0.255", "10.20.0.255 is not a host address of tenant blue's subnet 10.20.0.0/24"),
                     ("10.20.0.0", "10.20.0.0 is not a host address of tenant blue's subnet 10.20.0.0/24")):
         assert [i.message for i in check_objects([(0, endpoint(ip=ip))], [blue])] == [msg]
+    for netns in ("/proc/1/ns/net", "../../proc/1/ns/net", ".", "..", "a/b", "-x", ""):  # never the host's, nor a path
+        obj, issues = parse_object({"apiVersion": "netd/v1", "kind": "Endpoint", "metadata": {"name": "x"},
+                                    "spec": {"tenant": "blue", "host": "h1", "netns": netns}})
+        assert obj is None and [i.field for i in issues] == ["spec.netns"], netns
+        assert issues[0].message.startswith("expected a network namespace's name"), issues
+    obj, issues = parse_object({"apiVersion": "netd/v1", "kind": "Endpoint", "metadata": {"name": "x"},
+                                "spec": {"tenant": "blue", "host": "h1", "container": "../etc"}})
+    assert obj is None and [i.field for i in issues] == ["spec.container"]
+    assert endpoint("x", netns="web.1_A-b").spec.netns == "web.1_A-b"
+    # two endpoints of one tenant in one target would both be t-blue there
+    same = check_objects([(0, endpoint("b", netns="web"))], [blue, endpoint("a", netns="web")])
+    assert [(i.field, i.message) for i in same] == [
+        ("spec.netns", "endpoint a is interface t-blue in netns web on host h1 too: one endpoint per tenant "
+                       "(and per interface name) in a target")]
+    long1, long2 = tenant("customer-alpha-1", 7), tenant("customer-alpha-2", 8, "10.21.0.0/24")
+    cut = check_objects([(0, endpoint("a", "customer-alpha-1", netns="web")),
+                         (1, endpoint("b", "customer-alpha-2", netns="web"))], [long1, long2])
+    assert [(i.index, i.field) for i in cut] == [(0, "spec.netns"), (1, "spec.netns")]  # both t-customer-alp
+    assert check_objects([(0, endpoint("b", "red", netns="web"))], [blue, tenant("red", 5002),
+                                                                    endpoint("a", netns="web")]) == []
     taken = check_objects([(0, endpoint("b", ip="10.20.0.7"))], [blue, endpoint("a", ip="10.20.0.7")])
     assert [i.message for i in taken] == ["10.20.0.7 is also endpoint a's in tenant blue"]
     red = tenant("red", 5002)  # the same address in another tenant is fine

@@ -13,6 +13,7 @@ from netd.core.tenants import (
     LocalPort,
     RemoteEndpoint,
     SwitchView,
+    clashing_vnis,
     compile_tenant_flows,
     endpoints_for,
     flows_by_tenant,
@@ -118,3 +119,18 @@ def test_endpoints_split_into_local_remote_and_skipped_with_their_routes_and_mtu
     assert remote == [RemoteEndpoint("blue", "b2", "0a:58:0a:14:00:03", A("10.20.0.3"), H2)]
     assert skipped == ["b9: its host h9 is not up (no record under hosts/)", "lost: no tenant network nope",
                        "new: no address"]
+
+
+def test_tenants_that_share_a_vni_are_neither_programmed():
+    twin = tenant("twin", 5001, "10.40.0.0/24")  # blue's VNI: stored by two racing applies, or by hand
+    assert clashing_vnis((BLUE, RED, twin)) == {
+        "blue": "tenant network blue: VNI 5001 is also twin's; neither is programmed until one changes",
+        "twin": "tenant network twin: VNI 5001 is also blue's; neither is programmed until one changes"}
+    flows = compile_tenant_flows(SwitchView((BLUE, RED, twin), VIEW.local, VIEW.remote, 9, VIEW.peers))
+    assert {f.cookie for f in flows} == {SHARED_COOKIE, CANARY_COOKIE, tenant_cookie(5002)}
+    assert clashing_vnis((BLUE, RED)) == {}
+
+
+def test_arp_is_answered_for_local_senders_only():
+    responders = [f for f in compile_tenant_flows(VIEW) if "arp_op=1" in f.match]
+    assert responders and all(",reg1=1,arp," in f.match for f in responders), responders
