@@ -154,7 +154,8 @@ def _claims(changes: Sequence[Change], stored: Stored,
     add: dict[ClaimKey, str] = {}
     drop: set[ClaimKey] = set()
     auto: list[tuple[str, TenantNetwork]] = []
-    for c in changes:
+    # deletions first: an address a deleted endpoint releases may be taken in the same plan
+    for c in sorted(changes, key=lambda c: c.action != "delete"):
         if c.key[0] != "Endpoint":
             continue
         name = c.key[1]

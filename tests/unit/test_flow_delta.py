@@ -73,3 +73,19 @@ def test_a_bundle_that_adds_the_canary_back_is_a_reinstall():
     # a flow of another table with the canary's cookie is not the canary
     assert not plan_flow_delta(f"+{canary.replace('table=250', 'table=251')}\n").restores_canary
     assert not plan_flow_delta(f"+{canary.replace('ffffffff', 'fffffffe')}\n").restores_canary
+
+
+def test_counts_of_a_bigger_bundle_and_what_a_conflict_or_blank_line_leaves_alone():
+    diff = "\n".join([
+        f"-table=10 priority=100,reg0=0x1 cookie={THEIRS} actions=drop",  # a conflict first
+        f"+table=10 priority=100,reg0=0x1 cookie={OURS} actions=output:1",
+        "",
+        *(f"-table=10 priority=90,reg0={r} cookie={OURS} actions=output:1" for r in ("0x2", "0x3")),
+        *(f"+table=10 priority=90,reg0={r} cookie={OURS} actions=output:2" for r in ("0x2", "0x3")),
+        *(f"+table=10 priority=80,reg0={r} cookie={OURS} actions=drop" for r in ("0x4", "0x5")),
+        *(f"-table=10 priority=70,reg0={r} cookie={OURS} actions=drop" for r in ("0x6", "0x7")),
+        "+table=250 priority=1 cookie=0x4e455444ffffffff actions=drop",  # the canary, then a later table
+        f"+table=251 priority=1 cookie={OURS} actions=drop"])
+    delta = plan_flow_delta(diff)
+    assert (delta.added, delta.modified, delta.deleted) == (4, 2, 2) and len(delta.conflicts) == 1
+    assert delta.restores_canary and len(delta.commands) == 8

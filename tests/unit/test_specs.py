@@ -7,7 +7,16 @@ import ipaddress
 import pytest
 
 from netd.core.specplan import PlanError, Stored, endpoint_mac, free_address, plan_apply, plan_delete, render_plan
-from netd.model.specs import Endpoint, TenantNetwork, check_objects, object_key, parse_object, to_document
+from netd.model.specs import (
+    Endpoint,
+    Issue,
+    TenantNetwork,
+    check_objects,
+    interface_name,
+    object_key,
+    parse_object,
+    to_document,
+)
 
 N, A = ipaddress.IPv4Network, ipaddress.IPv4Address
 
@@ -221,3 +230,148 @@ def test_delete_a_tenant_only_without_endpoints_or_with_force():
 
 def test_types():
     assert isinstance(tenant(), TenantNetwork) and isinstance(endpoint(), Endpoint)
+
+
+def _doc(kind="TenantNetwork", meta=None, spec=None, api="netd/v1"):
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": "blue"} if meta is None else meta,
+            "spec": {"vni": 1, "subnet": "10.20.0.0/24"} if spec is None else spec}
+
+
+@pytest.mark.parametrize("raw, want", [
+    ([1], [Issue(3, (), "expected a mapping with apiVersion, kind, metadata and spec, found list")]),
+    (_doc(api="v1"), [Issue(3, ("apiVersion",), "expected netd/v1, found 'v1'", "TenantNetwork", "blue")]),
+    (_doc(kind="Pod"), [Issue(3, ("kind",), "unknown kind 'Pod' (known: Endpoint, TenantNetwork)", "Pod", "blue")]),
+    (_doc(kind=["TenantNetwork"]), [Issue(3, ("kind",), "unknown kind ['TenantNetwork'] (known: Endpoint, "
+                                          "TenantNetwork)", "['TenantNetwork']", "blue")]),
+    (_doc(kind=None, meta="blue"), [Issue(3, ("kind",), "unknown kind None (known: Endpoint, TenantNetwork)")]),
+    (_doc(meta={"name": 5}, api="x"), [Issue(3, ("apiVersion",), "expected netd/v1, found 'x'", "TenantNetwork")]),
+    (_doc(spec={"vni": 1, "subnet": "10.0.0.0/7"}),
+     [Issue(3, ("spec", "subnet"), "expected a prefix length of 8 to 30, found /7", "TenantNetwork", "blue")]),
+    (_doc(spec={"vni": 1, "subnet": "10.0.0.0/31"}),
+     [Issue(3, ("spec", "subnet"), "expected a prefix length of 8 to 30, found /31", "TenantNetwork", "blue")]),
+    (_doc(spec={"vni": 1, "subnet": "10.0.0.0/24", "gateway": 7}),
+     [Issue(3, ("spec", "gateway"), "expected an IPv4 address, found 7", "TenantNetwork", "blue")]),
+    (_doc("Endpoint", spec={"tenant": "blue", "host": "h1", "container": "a b"}),
+     [Issue(3, ("spec", "container"), "expected a Docker container's name or id (letters, digits, '_', '.' and "
+            "'-'), found 'a b'", "Endpoint", "blue")]),
+])
+def test_every_issue_of_a_document_whole(raw, want):
+    assert parse_object(raw, 3) == (None, want)
+
+
+def test_subnet_prefix_bounds_and_interface_names():
+    for ok in ("10.0.0.0/8", "10.0.0.0/30"):
+        assert parse_object(_doc(spec={"vni": 1, "subnet": ok}))[0] is not None
+    assert interface_name("customer-alpha-1") == "t-customer-alph" and len(interface_name("x" * 40)) == 15
+    assert parse_object(_doc())[1] == [] and parse_object({"x": 1})[1][0].index == 0  # the default index
+
+
+def test_every_issue_between_objects_whole():
+    blue, twin = tenant(), tenant("twin", 5001, "10.30.0.0/24")
+    assert check_objects([(0, blue), (1, blue)], []) == [
+        Issue(1, ("metadata", "name"), "TenantNetwork 'blue' is defined twice", "TenantNetwork", "blue", related=0)]
+    assert check_objects([(2, tenant(subnet="10.5.3.0/24"))], [], N("10.5.0.0/16")) == [
+        Issue(2, ("spec", "subnet"), "10.5.3.0/24 overlaps the cluster network 10.5.0.0/16 (a container on both "
+              "could not tell them apart)", "TenantNetwork", "blue")]
+    third = tenant("third", 5001, "10.31.0.0/24")
+    assert check_objects([(0, twin), (1, third)], [blue]) == [
+        Issue(0, ("spec", "vni"), "VNI 5001 is also tenant network blue, third's: every tenant needs its own",
+              "TenantNetwork", "twin"),
+        Issue(1, ("spec", "vni"), "VNI 5001 is also tenant network blue, twin's: every tenant needs its own",
+              "TenantNetwork", "third")]
+    assert check_objects([(4, endpoint(tenant="nope"))], [blue]) == [
+        Issue(4, ("spec", "tenant"), "no TenantNetwork 'nope' (neither in these files nor stored)", "Endpoint", "web1")]
+    assert check_objects([(4, endpoint(ip="10.21.0.1"))], [blue]) == [
+        Issue(4, ("spec", "ip"), "10.21.0.1 is not a host address of tenant blue's subnet 10.20.0.0/24", "Endpoint",
+              "web1")]
+    assert check_objects([(4, endpoint("b", ip="10.20.0.7", netns="b"))], [blue, endpoint("a", ip="10.20.0.7")]) == [
+        Issue(4, ("spec", "ip"), "10.20.0.7 is also endpoint a's in tenant blue", "Endpoint", "b")]
+    assert check_objects([(4, endpoint("b", netns="web"))], [blue, endpoint("a", netns="web")]) == [
+        Issue(4, ("spec", "netns"), "endpoint a is interface t-blue in netns web on host h1 too: one endpoint per "
+              "tenant (and per interface name) in a target", "Endpoint", "b")]
+    # stored objects' own problems are not this apply's: nothing reported for them
+    assert check_objects([], [blue, twin, endpoint(tenant="nope")], N("10.20.0.0/16")) == []
+
+
+def test_stored_lookups():
+    stored = stored_of(tenant(), endpoint("z"), endpoint("a"), claims=[("blue", "10.20.0.9", "z")])
+    assert stored.address_of("z") == A("10.20.0.9") and stored.address_of("a") is None
+    assert [e.metadata.name for e in stored.endpoints_of("blue")] == ["a", "z"]
+    assert free_address(tenant(), []) == A("10.20.0.1")  # no gateway: the first host address
+
+
+def test_claims_follow_every_endpoint_of_a_plan():
+    blue, red = tenant(), tenant("red", 5002)
+    claims = [("blue", "10.20.0.5", "a"), ("blue", "10.20.0.7", "d"), ("red", "10.20.0.1", "r"),
+              ("blue", "10.99.0.5", "odd")]  # odd's claim lies outside blue's subnet (written by hand)
+    stored = stored_of(blue, red, endpoint("a"), endpoint("d", ip="10.20.0.7"), endpoint("r", "red"),
+                       endpoint("odd"), claims=claims)
+    # a moves host: it keeps its address, whatever is lower and free
+    assert plan_apply([endpoint("a", host="h2")], stored).empty is False
+    moved_host = plan_apply([endpoint("a", host="h2")], stored)
+    assert moved_host.add_claims == {} and moved_host.drop_claims == ()
+    # a moves to red: blue's claim goes, red's lowest free (10.20.0.1 is r's) comes
+    to_red = plan_apply([endpoint("a", "red")], stored)
+    assert to_red.add_claims == {("red", A("10.20.0.2")): "a"} and to_red.drop_claims == (("blue", A("10.20.0.5")),)
+    # a claim outside the subnet is not kept
+    odd = plan_apply([endpoint("odd", host="h2")], stored)
+    assert odd.add_claims == {("blue", A("10.20.0.1")): "odd"} and odd.drop_claims == (("blue", A("10.99.0.5")),)
+    # new ones: red's addresses do not count in blue, blue's own do, a dropped one is free again
+    new = plan_apply([endpoint("x"), endpoint("y", "red")], stored)
+    assert new.add_claims == {("blue", A("10.20.0.1")): "x", ("red", A("10.20.0.2")): "y"}
+    # one plan: a kept, b new; d deleted and e takes d's address; two endpoints moving
+    plan = plan_apply([endpoint("a"), endpoint("b"), endpoint("e", ip="10.20.0.7"),
+                       endpoint("r", "red", ip="10.20.0.9"), endpoint("odd", ip="10.20.0.8")], stored, prune=True)
+    assert plan.add_claims == {("blue", A("10.20.0.1")): "b", ("blue", A("10.20.0.7")): "e",
+                               ("blue", A("10.20.0.8")): "odd", ("red", A("10.20.0.9")): "r"}
+    assert plan.drop_claims == (("blue", A("10.99.0.5")), ("red", A("10.20.0.1")))  # d's .7 is e's: one put
+    both = plan_delete([("Endpoint", "a"), ("Endpoint", "d")], stored)
+    assert both.drop_claims == (("blue", A("10.20.0.5")), ("blue", A("10.20.0.7"))) and both.add_claims == {}
+    assert [c.before for c in both.changes] == [stored.objects[("Endpoint", "a")][0],
+                                                stored.objects[("Endpoint", "d")][0]]
+    with pytest.raises(PlanError, match=r"^endpoint y: 10.20.0.3 is already endpoint x's in tenant blue$"):
+        plan_apply([endpoint("x", ip="10.20.0.3"), endpoint("y", ip="10.20.0.3")], stored)
+    with pytest.raises(PlanError, match=r"^endpoint q: no tenant network nope$"):
+        plan_apply([endpoint("q", "nope")], stored)
+
+
+def test_refusals_name_every_endpoint_in_the_way():
+    blue = tenant()
+    stored = stored_of(blue, endpoint("a"), endpoint("b"),
+                       claims=[("blue", "10.20.0.1", "a"), ("blue", "10.20.0.2", "b")])
+    with pytest.raises(PlanError, match=r"^tenant network blue is used by endpoints a, b: detach"):
+        plan_delete([("TenantNetwork", "blue")], stored)
+    with pytest.raises(PlanError, match=r"but endpoints a, b use it: detach them first$"):
+        plan_apply([tenant(subnet="10.21.0.0/24")], stored)
+    with pytest.raises(PlanError, match=r"^--prune would delete tenant network blue, which endpoints a, b use"):
+        plan_apply([tenant("red", 5002)], stored, prune=True)
+    with pytest.raises(PlanError, match=r"^no such object: Endpoint x, TenantNetwork y$"):
+        plan_delete([("Endpoint", "x"), ("TenantNetwork", "y")], stored)
+    # the tenant and its endpoints named together need no --force
+    assert len(plan_delete([("TenantNetwork", "blue"), ("Endpoint", "a"), ("Endpoint", "b")], stored).changes) == 3
+    # a prune that deletes an endpoint still checks the tenants after it
+    with pytest.raises(PlanError, match="which endpoints c use"):
+        plan_apply([tenant("red", 5002), endpoint("c", ip="10.20.0.9")], stored, prune=True)
+    # a subnet change whose endpoints go in the same plan (pruned) is fine
+    moved = plan_apply([tenant(subnet="10.21.0.0/24"), endpoint("c", ip="10.21.0.9")], stored, prune=True)
+    assert [(c.action, c.key[1]) for c in moved.changes] == [("add", "c"), ("change", "blue"), ("delete", "a"),
+                                                            ("delete", "b")]
+    pruned = plan_apply([blue], stored_of(blue, tenant("red", 5002)), prune=True)
+    assert pruned.changes[0].before == tenant("red", 5002)
+
+
+def test_the_diff_shows_every_field_and_address():
+    blue = tenant()
+    stored = stored_of(blue, endpoint("a"), claims=[("blue", "10.20.0.5", "a")])
+    changed = tenant(vni=6000, gateway="10.20.0.1", description="x")
+    labelled = parse_object({"apiVersion": "netd/v1", "kind": "TenantNetwork",
+                             "metadata": {"name": "blue", "labels": {"team": "a"}},
+                             "spec": {"vni": 5001, "subnet": "10.20.0.0/24"}})[0]
+    assert render_plan(plan_apply([changed], stored)) == (
+        "~ TenantNetwork blue\n    spec.description: (absent) -> 'x'\n    spec.gateway: (absent) -> '10.20.0.1'\n"
+        "    spec.vni: 5001 -> 6000")
+    assert render_plan(plan_apply([labelled], stored)) == "~ TenantNetwork blue\n    metadata.labels: (absent) -> " \
+                                                          "{'team': 'a'}"
+    assert render_plan(plan_apply([endpoint("a", ip="10.20.0.9")], stored)) == (
+        "~ Endpoint a\n    spec.ip: (absent) -> '10.20.0.9'\n+ address 10.20.0.9 in tenant blue for endpoint a\n"
+        "- address 10.20.0.5 in tenant blue")

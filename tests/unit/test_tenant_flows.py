@@ -128,6 +128,9 @@ def test_tenants_that_share_a_vni_are_neither_programmed():
         "twin": "tenant network twin: VNI 5001 is also blue's; neither is programmed until one changes"}
     flows = compile_tenant_flows(SwitchView((BLUE, RED, twin), VIEW.local, VIEW.remote, 9, VIEW.peers))
     assert {f.cookie for f in flows} == {SHARED_COOKIE, CANARY_COOKIE, tenant_cookie(5002)}
+    three = clashing_vnis((BLUE, twin, tenant("third", 5001, "10.41.0.0/24")))
+    assert three["blue"] == ("tenant network blue: VNI 5001 is also third, twin's; neither is programmed until "
+                             "one changes")
     assert clashing_vnis((BLUE, RED)) == {}
 
 
