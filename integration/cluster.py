@@ -267,6 +267,11 @@ class ClusterBase:
     def netns_del(self, i: int, name: str) -> None:
         self.exec(i, "ip", "netns", "del", name, check=False)
 
+    def script(self, i: int, text: str, timeout: float = 120) -> str:
+        """A shell script on host i, where its containers' namespaces are named (one round trip on
+        VMs, where each command is an ssh): its output."""
+        return self.exec(i, "sh", "-c", text, check=False, timeout=timeout).stdout
+
     def node_name(self, i: int) -> str:
         """Host i's name in Endpoint specs (netd's --node-name)."""
         return f"node{i}"
@@ -399,6 +404,9 @@ class Cluster(ClusterBase):
 
     def netns_del(self, i: int, name: str) -> None:
         sh(["ip", "netns", "del", name], check=False)
+
+    def script(self, i: int, text: str, timeout: float = 120) -> str:
+        return sh(["sh", "-c", text], check=False, timeout=timeout).stdout  # the boxes are named here
 
     def node_name(self, i: int) -> str:
         return f"h{i}"

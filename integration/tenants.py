@@ -69,6 +69,46 @@ def attach(c: ClusterBase, host: int, tenant: str, ip: str, endpoint: str | None
     return Box(name, host, ipaddress.IPv4Address(ip), tenant=tenant, endpoint=endpoint, cluster=c)
 
 
+def attach_many(c: ClusterBase, wanted: list[tuple[int, str, str, str]]) -> list[Box]:
+    """Endpoints (host, tenant, ip, name), each a new network namespace, stored by one apply: few
+    round trips (on the VMs, each netctl is an ssh and a Python start under emulation)."""
+    import ipaddress
+
+    tag = getattr(c, "tag", "netd")
+    boxes = [Box(f"{tag}-{name}", host, ipaddress.IPv4Address(ip), tenant=tenant, endpoint=name, cluster=c)
+             for host, tenant, ip, name in wanted]
+    for host in sorted({b.host for b in boxes}):
+        c.script(host, "; ".join(f"ip netns add {b.name}" for b in boxes if b.host == host))
+    docs = "".join(f"---\napiVersion: netd/v1\nkind: Endpoint\nmetadata: {{name: {b.endpoint}}}\n"
+                   f"spec: {{tenant: {b.tenant}, host: {c.node_name(b.host)}, netns: {b.name}, ip: {b.ip}}}\n"
+                   for b in boxes)
+    out = apply_specs(c, docs, "endpoints.yaml")
+    assert all(f"+ Endpoint {b.endpoint}" in out for b in boxes), out
+    return boxes
+
+
+def remove_all(c: ClusterBase, boxes: list[Box], tenants: tuple[str, ...] = ()) -> None:
+    """Detach the endpoints and delete the tenants (one netctl each) and the namespaces."""
+    c.netctl(1, "delete", "-f", f"/tmp/{getattr(c, 'tag', 'netd')}-endpoints.yaml", check=False)
+    for tenant in tenants:
+        c.netctl(1, "delete", "TenantNetwork", tenant, "--force", check=False)
+    for host in sorted({b.host for b in boxes}):
+        c.script(host, "; ".join(f"ip netns del {b.name}" for b in boxes if b.host == host))
+
+
+def ping_all(c: ClusterBase, checks: list[tuple[Box, object, bool]]) -> list[str]:
+    """Pings (from, to, whether it must answer), each host's in one script: what came out wrong."""
+    wrong: list[str] = []
+    for host in sorted({src.host for src, _, _ in checks}):
+        mine = [(src, dst, want) for src, dst, want in checks if src.host == host]
+        lines = [f"if ip netns exec {src.name} ping -n -q -c {2 if want else 1} -i 0.2 -W 1 {dst} >/dev/null 2>&1; "
+                 f"then echo {k} yes; else echo {k} no; fi" for k, (src, dst, want) in enumerate(mine)]
+        out = dict(line.split() for line in c.script(host, "\n".join(lines)).splitlines() if line.strip())
+        wrong += [f"{src.endpoint} -> {dst}: {'no reply' if want else 'a reply'}"
+                  for k, (src, dst, want) in enumerate(mine) if out.get(str(k)) != ("yes" if want else "no")]
+    return wrong
+
+
 def endpoint_states(c: ClusterBase) -> dict[str, str]:
     """Every host's report of its endpoints (/readyz): name -> "wired" or why not."""
     out: dict[str, str] = {}

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from integration.cluster import ClusterBase, Container, wait_for
-from integration.tenants import TENANTS, apply_specs, attach, wait_wired
+from integration.tenants import TENANTS, apply_specs, attach_many, ping_all, remove_all, wait_wired
 
 pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.etcd]
 ON_VMS = os.environ.get("NETD_CLUSTER") == "vagrant"
@@ -98,19 +98,18 @@ def test_two_tenants_with_one_subnet_stay_apart_across_hosts(cluster):
         _require(getattr(c, "ovs", False), "Open vSwitch not installed (apt-get install openvswitch-switch)")
     c.wait_ready(timeout=120)
     apply_specs(c, TENANTS)
-    boxes = [attach(c, 1, "blue", "10.20.0.11"), attach(c, 2, "blue", "10.20.0.12"),
-             attach(c, 1, "red", "10.20.0.11"), attach(c, 2, "red", "10.20.0.12"),  # the same addresses
-             attach(c, 2, "red", "10.20.0.50", "red-only"), attach(c, 1, "blue", "10.20.0.60", "blue-only")]
+    boxes = attach_many(c, [(1, "blue", "10.20.0.11", "blue1"), (2, "blue", "10.20.0.12", "blue2"),
+                            (1, "red", "10.20.0.11", "red1"), (2, "red", "10.20.0.12", "red2"),  # the same addresses
+                            (2, "red", "10.20.0.50", "red-only"), (1, "blue", "10.20.0.60", "blue-only")])
     blue1, blue2, red1, red2, red_only, blue_only = boxes
     try:
         wait_wired(c, *(b.endpoint for b in boxes), timeout=120 if ON_VMS else 30)
-        for a, b in ((blue1, blue2), (red1, red2), (blue2, blue_only), (red1, red_only)):
-            assert a.ping(b.ip, count=2) and b.ping(a.ip, count=2), f"{a.endpoint} <-> {b.endpoint}"
+        reach = [(a, b.ip, True) for x, y in ((blue1, blue2), (red1, red2), (blue2, blue_only), (red1, red_only))
+                 for a, b in ((x, y), (y, x))]
+        apart = [(src, red_only.ip, False) for src in (blue1, blue2)] + \
+                [(src, blue_only.ip, False) for src in (red1, red2)]  # an address only the other tenant has
+        assert ping_all(c, reach + apart) == []
         tcp_between(c, red1, red2, 5)
-        for src in (blue1, blue2):  # an address only the other tenant has is out of reach, either way
-            assert not src.ping(red_only.ip), src.endpoint
-        for src in (red1, red2):
-            assert not src.ping(blue_only.ip), src.endpoint
         datapath = "system@ovs-system" if ON_VMS else "netdev@ovs-netdev"
         for i in (1, 2):  # that datapath carried it, and it came in through the tenant tunnel on both ends
             dp = c.ovs_tool(i, "ovs-appctl", "dpctl/show")
@@ -122,10 +121,7 @@ def test_two_tenants_with_one_subnet_stay_apart_across_hosts(cluster):
             octets = sum(int(n) for n in re.findall(r"n_bytes=(\d+)", tunnel_in))
             assert packets > 10 and (i == 1 or octets > 5 << 20), tunnel_in
     finally:
-        for b in boxes:
-            b.remove()
-        for tenant in ("blue", "red"):
-            c.netctl(1, "delete", "TenantNetwork", tenant, check=False)
+        remove_all(c, boxes, ("blue", "red"))
 
 
 def test_restarting_netd_keeps_the_subnet(cluster):
