@@ -102,6 +102,24 @@ def test_a_vswitchd_killed_and_restarted_is_reprogrammed_at_once(make_cluster):
     assert floods and all(int(line.split("n_packets=")[1].split(",")[0]) < 20 for line in floods), floods
 
 
+def test_with_etcd_down_a_restarted_vswitchd_is_reprogrammed_from_the_last_specs(make_cluster):
+    c = tenant_cluster(make_cluster, 2)
+    a, b = attach(c, 1, "blue", "10.20.0.11"), attach(c, 2, "blue", "10.20.0.12")
+    wait_wired(c, "blue1", "blue2")
+    assert a.ping(b.ip, count=2)
+    assert c.etcd is not None
+    c.etcd.kill()
+    try:
+        server = c.ovs_servers[2]
+        server.kill_vswitchd()
+        assert not a.ping(b.ip, wait=1)
+        server.start_vswitchd()
+        wait_for(lambda: a.ping(b.ip, wait=0.2), 10, lambda: c.readyz(2))
+        assert c.readyz(2)[1]["tenant_networks"]["ovs"] == "connected"  # type: ignore[index]
+    finally:
+        c.etcd.start()
+
+
 def test_a_change_to_one_tenant_touches_only_its_flows(make_cluster):
     c = tenant_cluster(make_cluster, 2)
     r1, r2 = attach(c, 1, "red", "10.20.0.11"), attach(c, 2, "red", "10.20.0.12")

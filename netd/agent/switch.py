@@ -204,8 +204,8 @@ class SwitchAgent:
     # -- one sync ----------------------------------------------------------------------------------
     async def sync_once(self) -> None:
         """Read the specs and peers, then make the bridge and the endpoints match. With etcd away, the
-        last specs read are applied again (a restarted ovs-vswitchd is reprogrammed all the same)."""
-        etcd_error = None
+        last specs read are applied again (a restarted ovs-vswitchd is reprogrammed all the same) and
+        the host stays ready, as the overlay does: what it holds is still the last word it had."""
         try:
             inputs = await self._read_inputs()
             self._last_inputs = inputs
@@ -213,16 +213,13 @@ class SwitchAgent:
             if self._last_inputs is None:
                 self.status.error = f"etcd: {exc}"
                 return
-            inputs, etcd_error = self._last_inputs, f"etcd: {exc} (the specs of revision {self.status.revision} " \
-                "stay applied)"
+            log.debug("etcd: %s; applying the specs of revision %d again", exc, self.status.revision)
+            inputs = self._last_inputs
         try:
             await self._sync(*inputs)
         except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, shown, retried next sync
             log.exception("switch sync failed")
             self.status.ovs, self.status.error = f"error: {exc!r}", f"switch sync: {exc!r}"
-            return
-        if etcd_error:
-            self.status.error = etcd_error
 
     async def _read_inputs(self) -> tuple[Any, list[LocalWant], list[Any], tuple[Any, ...], tuple[Any, ...],
                                           list[str]]:
