@@ -288,8 +288,13 @@ def test_a_tenant_spec_change_reprograms_and_rewires_it_once(make_cluster):
         _, text = c.http_get(i, "/metrics")
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
 
+    def ifindexes() -> list[str]:  # the inside interfaces: re-wiring makes new ones
+        return [box.run("cat", "/sys/class/net/t-red/ifindex").stdout.strip() for box in (r1, r2)]
+
     applies = {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)}
     syncs = {i: metric(i, "netd_ovs_apply_seconds_count") for i in (1, 2)}
+    wired = ifindexes()
     wait_for(lambda: all(metric(i, "netd_ovs_apply_seconds_count") >= syncs[i] + 2 for i in (1, 2)), 20,
              "the hosts did not sync twice")
     assert {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)} == applies
+    assert ifindexes() == wired and all(wired), wired  # wired once, not on every sync

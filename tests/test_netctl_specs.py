@@ -176,3 +176,20 @@ def test_apply_diff_get_attach_detach_delete(netctl):
 
     left = [base64.b64decode(kv["key"]).decode() for kv in json.loads(netctl.keys())["kvs"]]
     assert left == [netctl.prefix + "/generation"], left
+
+
+def test_attaches_run_in_parallel_all_land(netctl):
+    """Every commit conflicts with any other since its read (the generation key): netctl plans again
+    from a new read, so a script attaching endpoints in parallel gets them all."""
+    netctl("config", "set", "--network", "10.5.0.0/16", "--backend", "vxlan")
+    netctl("apply", "-f", netctl.write("good.yaml", GOOD))
+    base = [sys.executable, "-m", "netd.cli.netctl_main", f"--etcd-endpoints={netctl.etcd.endpoint}",
+            f"--netd-prefix={netctl.prefix}"]
+    procs = [subprocess.Popen([*base, "attach", "--tenant", "blue", "--host", "h1", "--netns", f"w{k}",
+                               *(["--ip", f"10.20.0.{20 + k}"] if k % 2 else [])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(6)]
+    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
+    assert all(rc == 0 for rc, _ in results), results
+    rows = json.loads(netctl("get", "endpoints", "-o", "json").stdout)
+    ips = [r["address"]["ip"] for r in rows]
+    assert len(rows) == 6 and len(set(ips)) == 6, rows

@@ -209,7 +209,10 @@ class SwitchAgent:
         try:
             inputs = await self._read_inputs()
             self._last_inputs = inputs
-        except (RegistryUnavailable, RegistryRefused) as exc:
+        except RegistryRefused as exc:  # etcd answered no (permission, auth): not an outage to ride out
+            self.status.error = f"etcd refused: {exc}"
+            return
+        except RegistryUnavailable as exc:
             if self._last_inputs is None:
                 self.status.error = f"etcd: {exc}"
                 return
@@ -305,30 +308,31 @@ class SwitchAgent:
         want = {w.endpoint: w for w in local}
         states: dict[str, str] = {}
         ports: list[LocalPort] = []
-        for port, endpoint in sw.endpoint_ports().items():  # ours that should no longer be here
+        existing = sw.endpoint_ports()  # port -> endpoint, from OVSDB (a port whose device vanished included)
+        for port, endpoint in existing.items():  # ours that should no longer be here
             if endpoint not in want or port != host_port_name(endpoint):
                 sw.remove_port(port)
                 self.wiring.unwire(port)
                 log.info("unwired endpoint %s (port %s)", endpoint, port)
+        clash = clashing_vnis(tenants)
         for name, w in sorted(want.items()):
             spec = objects[name].spec
             port = host_port_name(name)
+            if w.tenant.metadata.name in clash:
+                states[name] = f"not programmed: {clash[w.tenant.metadata.name]}"
+                continue
             try:
                 path = self.wiring.target_path(spec)
-            except DataplaneError as exc:
-                states[name] = f"failed: {exc}"
-                continue
-            if path is None:
-                if self.wiring.is_wired(port) or sw.ofport(port) is not None:
-                    sw.remove_port(port)
-                    self.wiring.unwire(port)
-                states[name] = f"target gone: {spec.target} does not exist or is not running"
-                continue
-            try:
+                if path is None:
+                    if self.wiring.is_wired(port) or port in existing:
+                        sw.remove_port(port)
+                        self.wiring.unwire(port)
+                    states[name] = f"target gone: {spec.target} does not exist or is not running"
+                    continue
                 wiring = (spec, path, w.mac, w.ip, w.tenant.spec.subnet, w.mtu, w.gateway)
                 if self.wiring.wired_as(port) != self.wiring.fingerprint(*wiring):  # new, changed or cut short
-                    if sw.ofport(port) is not None:  # OVS lets go of the old device (the userspace datapath
-                        sw.remove_port(port)         # would keep sending to its old ifindex)
+                    if port in existing:  # OVS lets go of the old device (the userspace datapath would keep
+                        sw.remove_port(port)  # sending to its old ifindex; the kernel's marks it in error)
                     self.wiring.wire(name, *wiring)
                 ofport = sw.ensure_endpoint_port(port, name)
             except DataplaneError as exc:

@@ -89,6 +89,11 @@ def _endpoint_name(args: argparse.Namespace) -> str:
     return f"{args.host}-{cleaned}"[:63].strip("-")
 
 
+#: a commit refused because another came between its read and it is planned again from a new read
+#: (the rules are checked again too): netctl runs in parallel (attaches from a script) all land
+COMMIT_ATTEMPTS = 5
+
+
 async def run_spec_command(args: argparse.Namespace) -> int:
     from netd.adapters.specfile import SpecFileError, load_objects
     from netd.core.specplan import PlanError, plan_apply, plan_delete, render_plan
@@ -105,66 +110,72 @@ async def run_spec_command(args: argparse.Namespace) -> int:
         return 0
     store = _store(args)
     try:
-        stored, unreadable = await store.read()
-        for bad in unreadable:
-            print(f"netctl: unreadable key {bad}", file=sys.stderr)
-        current = [o for o, _ in stored.objects.values()]
-        try:
-            if args.cmd in ("validate", "diff", "apply") or (args.cmd == "delete" and args.files):
-                objs = load_objects(args.files, current, await _cluster_network(args))
-                if args.cmd == "validate":
-                    print(f"{len(objs)} objects valid")
-                    return 0
-                if args.cmd == "delete":
-                    plan = plan_delete([(o.kind, o.metadata.name) for o in objs], stored, args.force)
-                else:
-                    plan = plan_apply(objs, stored, args.prune)
-            elif args.cmd == "delete":
-                if not args.kind or not args.name:
-                    raise ConfigError("give -f FILE or KIND NAME", "delete")
-                plan = plan_delete([(_kind(args.kind), args.name)], stored, args.force)
-            elif args.cmd == "detach":
-                plan = plan_delete([("Endpoint", args.name)], stored)
-            elif args.cmd == "attach":
-                raw = {"apiVersion": "netd/v1", "kind": "Endpoint", "metadata": {"name": _endpoint_name(args)},
-                       "spec": {k: v for k, v in (("tenant", args.tenant), ("host", args.host),
-                                                  ("container", args.container), ("netns", args.netns),
-                                                  ("ip", args.ip)) if v is not None}}
-                obj, issues = parse_object(raw)
-                if obj is not None:
-                    issues = check_objects([(0, obj)], current)
-                if issues:
-                    for i in issues:
-                        print(f"netctl: attach: {i.field}: {i.message}" if i.path else f"netctl: attach: {i.message}",
-                              file=sys.stderr)
-                    return 2
-                assert obj is not None
-                if ("Endpoint", obj.metadata.name) in stored.objects:
-                    print(f"netctl: endpoint {obj.metadata.name} exists already (detach it first)", file=sys.stderr)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            stored, unreadable = await store.read()
+            for bad in unreadable if attempt == 1 else ():
+                print(f"netctl: unreadable key {bad}", file=sys.stderr)
+            current = [o for o, _ in stored.objects.values()]
+            try:
+                if args.cmd in ("validate", "diff", "apply") or (args.cmd == "delete" and args.files):
+                    objs = load_objects(args.files, current, await _cluster_network(args))
+                    if args.cmd == "validate":
+                        print(f"{len(objs)} objects valid")
+                        return 0
+                    if args.cmd == "delete":
+                        plan = plan_delete([(o.kind, o.metadata.name) for o in objs], stored, args.force)
+                    else:
+                        plan = plan_apply(objs, stored, args.prune)
+                elif args.cmd == "delete":
+                    if not args.kind or not args.name:
+                        raise ConfigError("give -f FILE or KIND NAME", "delete")
+                    plan = plan_delete([(_kind(args.kind), args.name)], stored, args.force)
+                elif args.cmd == "detach":
+                    plan = plan_delete([("Endpoint", args.name)], stored)
+                elif args.cmd == "attach":
+                    raw = {"apiVersion": "netd/v1", "kind": "Endpoint", "metadata": {"name": _endpoint_name(args)},
+                           "spec": {k: v for k, v in (("tenant", args.tenant), ("host", args.host),
+                                                      ("container", args.container), ("netns", args.netns),
+                                                      ("ip", args.ip)) if v is not None}}
+                    obj, issues = parse_object(raw)
+                    if obj is not None:
+                        issues = check_objects([(0, obj)], current)
+                    if issues:
+                        for i in issues:
+                            where = f"{i.field}: " if i.path else ""
+                            print(f"netctl: attach: {where}{i.message}", file=sys.stderr)
+                        return 2
+                    assert obj is not None
+                    if ("Endpoint", obj.metadata.name) in stored.objects:
+                        print(f"netctl: endpoint {obj.metadata.name} exists already (detach it first)", file=sys.stderr)
+                        return 1
+                    plan = plan_apply([obj], stored)
+                else:  # get
+                    reports = await _endpoint_reports(store) if _kind(args.kind) == "Endpoint" \
+                        else Reports({}, frozenset())
+                    return _get(args, stored, reports)
+            except SpecFileError as exc:
+                print(exc, file=sys.stderr)
+                return 2
+            except PlanError as exc:
+                print(f"netctl: {exc}; nothing was written", file=sys.stderr)
+                return 1
+            if args.cmd == "diff" or plan.empty:
+                print(render_plan(plan))
+                return 0
+            try:
+                revision = await store.commit(plan, stored)
+            except ConflictError as exc:
+                if attempt == COMMIT_ATTEMPTS:
+                    print(f"netctl: {exc} ({attempt} times)", file=sys.stderr)
                     return 1
-                plan = plan_apply([obj], stored)
-            else:  # get
-                reports = await _endpoint_reports(store) if _kind(args.kind) == "Endpoint" else Reports({}, frozenset())
-                return _get(args, stored, reports)
-        except SpecFileError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        except PlanError as exc:
-            print(f"netctl: {exc}; nothing was written", file=sys.stderr)
-            return 1
-        print(render_plan(plan))
-        if args.cmd == "diff" or plan.empty:
+                continue  # another commit came between: read, check and plan again from what it left
+            print(render_plan(plan))
+            if args.cmd == "attach":
+                ip = next(ip for (_, ip), name in plan.add_claims.items() if name == _endpoint_name(args))
+                print(f"endpoint {_endpoint_name(args)}: {ip} in tenant {args.tenant}")
+            print(f"applied at revision {revision}")
             return 0
-        try:
-            revision = await store.commit(plan, stored)
-        except ConflictError as exc:
-            print(f"netctl: {exc}", file=sys.stderr)
-            return 1
-        if args.cmd == "attach":
-            ip = next(ip for (_, ip), name in plan.add_claims.items() if name == _endpoint_name(args))
-            print(f"endpoint {_endpoint_name(args)}: {ip} in tenant {args.tenant}")
-        print(f"applied at revision {revision}")
-        return 0
+        return 1  # (not reached: the last attempt returns)
     except NetdError:
         raise
     finally:

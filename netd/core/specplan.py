@@ -154,8 +154,10 @@ def _claims(changes: Sequence[Change], stored: Stored,
     add: dict[ClaimKey, str] = {}
     drop: set[ClaimKey] = set()
     auto: list[tuple[str, TenantNetwork]] = []
-    # deletions first: an address a deleted endpoint releases may be taken in the same plan
-    for c in sorted(changes, key=lambda c: c.action != "delete"):
+    # first every release (a deleted endpoint's addresses, a moved one's old one), then the claims:
+    # an address released in a plan may be taken in the same plan, whatever the names' order
+    claiming: list[tuple[str, Endpoint, TenantNetwork]] = []
+    for c in changes:
         if c.key[0] != "Endpoint":
             continue
         name = c.key[1]
@@ -171,8 +173,9 @@ def _claims(changes: Sequence[Change], stored: Stored,
         keep = {(t, ip) for t, ip in held if t == ep.spec.tenant and (ep.spec.ip is None or ip == ep.spec.ip)
                 and is_host_of(ip, tenant.spec.subnet)}
         drop |= held - keep
-        if keep:
-            continue
+        if not keep:
+            claiming.append((name, ep, tenant))
+    for name, ep, tenant in claiming:
         if ep.spec.ip is None:
             auto.append((name, tenant))
             continue

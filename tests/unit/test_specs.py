@@ -331,6 +331,10 @@ def test_claims_follow_every_endpoint_of_a_plan():
                                                 stored.objects[("Endpoint", "d")][0]]
     with pytest.raises(PlanError, match=r"^endpoint y: 10.20.0.3 is already endpoint x's in tenant blue$"):
         plan_apply([endpoint("x", ip="10.20.0.3"), endpoint("y", ip="10.20.0.3")], stored)
+    # a moves off .5 and a new 0a (named before it) takes it, in one plan
+    swap = plan_apply([endpoint("0a", ip="10.20.0.5"), endpoint("a", ip="10.20.0.6")], stored)
+    assert swap.add_claims == {("blue", A("10.20.0.5")): "0a", ("blue", A("10.20.0.6")): "a"}
+    assert swap.drop_claims == ()
     with pytest.raises(PlanError, match=r"^endpoint q: no tenant network nope$"):
         plan_apply([endpoint("q", "nope")], stored)
 
