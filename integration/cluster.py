@@ -607,17 +607,26 @@ def wait_stable(read: object, timeout: float, still: float = 0.5, interval: floa
     return value
 
 
+def metric(c: ClusterBase, i: int, name: str) -> float:
+    """The value of metric ``name`` (no labels) on host i's /metrics; it must be there."""
+    _, text = c.http_get(i, "/metrics")  # type: ignore[attr-defined]
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0] == name]
+    assert values, f"{name} not in host {i}'s metrics"
+    return values[0]
+
+
 def reconcile_runs(c: ClusterBase, i: int) -> float:
     """netd_reconcile_runs_total of host i (read from its /metrics)."""
-    _, text = c.http_get(i, "/metrics")  # type: ignore[attr-defined]
-    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("netd_reconcile_runs_total"))
+    return metric(c, i, "netd_reconcile_runs_total")
 
 
-def wait_resyncs(c: ClusterBase, hosts: Sequence[int], n: int = 2, timeout: float = 20) -> None:
-    """Until each host has run ``n`` more full reconciles: whatever they would change, they have."""
-    start = {i: reconcile_runs(c, i) for i in hosts}
+def wait_resyncs(c: ClusterBase, hosts: Sequence[int], n: int = 2, timeout: float = 20,
+                 counter: str = "netd_reconcile_runs_total") -> None:
+    """Until each host has run ``n`` more full syncs, counted by ``counter`` (the overlay's
+    reconciles; netd_ovs_apply_seconds_count: the switch loop's): whatever they would change, they have."""
+    start = {i: metric(c, i, counter) for i in hosts}
     for i in hosts:
-        wait_for(lambda i=i: reconcile_runs(c, i) >= start[i] + n, timeout, f"host {i} does not resync")
+        wait_for(lambda i=i: metric(c, i, counter) >= start[i] + n, timeout, f"host {i} does not resync")
 
 
 def wait_for(cond: object, timeout: float, message: object = "condition", interval: float = 0.1) -> None:
@@ -632,4 +641,4 @@ def wait_for(cond: object, timeout: float, message: object = "condition", interv
         time.sleep(interval)
 
 
-__all__ = ["Cluster", "Container", "ETCDCTL", "Host", "capture", "wait_for", "wait_resyncs", "wait_stable"]
+__all__ = ["Cluster", "Container", "ETCDCTL", "Host", "capture", "metric", "wait_for", "wait_resyncs", "wait_stable"]

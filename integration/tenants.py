@@ -24,11 +24,16 @@ spec: {vni: 5002, subnet: 10.20.0.0/24}
 """
 
 
+def spec_path(c: ClusterBase, name: str) -> str:
+    """Where apply_specs leaves file ``name`` on host 1 (for a later `netctl delete -f`)."""
+    return f"/tmp/{getattr(c, 'tag', 'netd')}-{name}"
+
+
 def apply_specs(c: ClusterBase, text: str, name: str = "tenants.yaml") -> str:
     """Write ``text`` to a file on host 1 and `netctl apply -f` it; netctl's output."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write(text)
-    dst = f"/tmp/{getattr(c, 'tag', 'netd')}-{name}"
+    dst = spec_path(c, name)
     try:
         c.copy_to(1, fh.name, dst)
     finally:
@@ -92,7 +97,7 @@ def attach_many(c: ClusterBase, wanted: list[tuple[int, str, str, str]]) -> list
 
 def remove_all(c: ClusterBase, boxes: list[Box], tenants: tuple[str, ...] = ()) -> None:
     """Detach the endpoints and delete the tenants (one netctl each) and the namespaces."""
-    c.netctl(1, "delete", "-f", f"/tmp/{getattr(c, 'tag', 'netd')}-endpoints.yaml", check=False)
+    c.netctl(1, "delete", "-f", spec_path(c, "endpoints.yaml"), check=False)
     for tenant in tenants:
         c.netctl(1, "delete", "TenantNetwork", tenant, "--force", check=False)
     for host in sorted({b.host for b in boxes}):

@@ -14,18 +14,11 @@ import time
 
 import pytest
 
-from integration.cluster import Cluster, in_ns, wait_for
+from integration.cluster import Cluster, in_ns, metric, wait_for
 from integration.test_udp import UDP, start_udp, stats, tcp_hashed, udp_digested
 from netd.adapters.files import read_text
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
-
-
-def metric(c: Cluster, i: int, name: str) -> float:
-    _, text = c.http_get(i, "/metrics")
-    values = [float(line.split()[-1]) for line in text.splitlines() if line.split(" ")[0] == name]
-    assert values, f"{name} not in host {i}'s metrics"
-    return values[0]
 
 
 def second_netd(c: Cluster, i: int, *flags: str) -> subprocess.Popen[str]:

@@ -13,8 +13,8 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 from scapy.layers.l2 import Ether
 
-from integration.cluster import Cluster, capture, in_ns, sh, wait_for
-from integration.tenants import TENANTS, apply_specs, attach, endpoint_states, wait_wired
+from integration.cluster import Cluster, capture, in_ns, metric, sh, wait_for, wait_resyncs
+from integration.tenants import TENANTS, apply_specs, attach, endpoint_states, spec_path, wait_wired
 from integration.test_udp import tcp_hashed
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -232,10 +232,6 @@ def test_a_refused_apply_changes_no_flow_on_any_host(make_cluster):
     a, b = attach(c, 1, "blue", "10.20.0.11"), attach(c, 2, "blue", "10.20.0.12")
     wait_wired(c, "blue1", "blue2")
 
-    def metric(i: int, name: str) -> float:
-        _, text = c.http_get(i, "/metrics")
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
-
     def bridge(i: int) -> list[str]:
         return sorted(c.ovs_servers[i].ofctl("netd-int", "dump-flows", "--no-stats").splitlines())
 
@@ -246,19 +242,17 @@ def test_a_refused_apply_changes_no_flow_on_any_host(make_cluster):
     wait_for(lambda: all(c.readyz(i)[1]["tenant_networks"]["spec_revision"] == etcd_revision()  # type: ignore[index]
                          for i in (1, 2)), 20, "the good apply did not reach both hosts")
     before = {i: bridge(i) for i in (1, 2)}
-    applies = {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)}
+    applies = {i: metric(c, i, "netd_ovs_flow_applies_total") for i in (1, 2)}
     revision = etcd_revision()
     for case, (text, want) in BAD.items():
-        with open(f"/tmp/{c.tag}-bad.yaml", "w") as fh:
+        with open(spec_path(c, "bad.yaml"), "w") as fh:
             fh.write(textwrap.dedent(text))
-        r = c.netctl(1, "apply", "-f", f"/tmp/{c.tag}-good.yaml", "-f", f"/tmp/{c.tag}-bad.yaml", check=False)
+        r = c.netctl(1, "apply", "-f", spec_path(c, "good.yaml"), "-f", spec_path(c, "bad.yaml"), check=False)
         assert r.returncode == 2 and all(f"{c.tag}-bad.yaml{line}" in r.stderr for line in want), (case, r.stderr)
     assert etcd_revision() == revision
-    syncs = {i: metric(i, "netd_ovs_apply_seconds_count") for i in (1, 2)}
-    wait_for(lambda: all(metric(i, "netd_ovs_apply_seconds_count") >= syncs[i] + 2 for i in (1, 2)), 20,
-             "the hosts did not sync twice")
+    wait_resyncs(c, (1, 2), counter="netd_ovs_apply_seconds_count")
     assert {i: bridge(i) for i in (1, 2)} == before
-    assert {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)} == applies
+    assert {i: metric(c, i, "netd_ovs_flow_applies_total") for i in (1, 2)} == applies
     assert a.ping(b.ip, count=2)
 
 
@@ -284,17 +278,11 @@ def test_a_tenant_spec_change_reprograms_and_rewires_it_once(make_cluster):
                  lambda box=box: box.run("ip", "route").stdout)
     assert r1.ping(r2.ip, count=2) and r2.ping(r1.ip, count=2)
 
-    def metric(i: int, name: str) -> float:
-        _, text = c.http_get(i, "/metrics")
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
-
     def ifindexes() -> list[str]:  # the inside interfaces: re-wiring makes new ones
         return [box.run("cat", "/sys/class/net/t-red/ifindex").stdout.strip() for box in (r1, r2)]
 
-    applies = {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)}
-    syncs = {i: metric(i, "netd_ovs_apply_seconds_count") for i in (1, 2)}
+    applies = {i: metric(c, i, "netd_ovs_flow_applies_total") for i in (1, 2)}
     wired = ifindexes()
-    wait_for(lambda: all(metric(i, "netd_ovs_apply_seconds_count") >= syncs[i] + 2 for i in (1, 2)), 20,
-             "the hosts did not sync twice")
-    assert {i: metric(i, "netd_ovs_flow_applies_total") for i in (1, 2)} == applies
+    wait_resyncs(c, (1, 2), counter="netd_ovs_apply_seconds_count")
+    assert {i: metric(c, i, "netd_ovs_flow_applies_total") for i in (1, 2)} == applies
     assert ifindexes() == wired and all(wired), wired  # wired once, not on every sync
