@@ -14,7 +14,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netd.model.specs import Endpoint, SpecObject, TenantNetwork, is_host_of, object_key, to_document
+from netd.model.specs import (
+    Endpoint,
+    ServiceChain,
+    ServiceFunction,
+    SpecObject,
+    TenantNetwork,
+    is_host_of,
+    object_key,
+    to_document,
+)
 
 ObjKey = tuple[str, str]  # (kind, name)
 ClaimKey = tuple[str, ipaddress.IPv4Address]  # (tenant, ip)
@@ -59,6 +68,41 @@ class Plan:
         return not (self.changes or self.add_claims or self.drop_claims)
 
 
+KIND_WORDS = {"TenantNetwork": ("tenant network", "tenant networks"), "Endpoint": ("endpoint", "endpoints"),
+              "ServiceFunction": ("service function", "service functions"),
+              "ServiceChain": ("service chain", "service chains")}
+
+
+def users_of(key: ObjKey, objects: Iterable[SpecObject]) -> set[ObjKey]:
+    """The objects that name ``key``: a tenant's endpoints, functions and chains; an endpoint's
+    function (a leg) and chains (in a classifier); a function's chains."""
+    kind, name = key
+    out: set[ObjKey] = set()
+    for o in objects:
+        if kind == "TenantNetwork" and isinstance(o, Endpoint | ServiceFunction | ServiceChain):
+            hit = o.spec.tenant == name
+        elif kind == "Endpoint" and isinstance(o, ServiceFunction):
+            hit = name in (o.spec.ingress, o.spec.egress)
+        elif kind == "Endpoint" and isinstance(o, ServiceChain):
+            hit = name in (o.spec.classifier.source, o.spec.classifier.destination)
+        elif kind == "ServiceFunction" and isinstance(o, ServiceChain):
+            hit = any(name in hop for hop in o.spec.hops)
+        else:
+            hit = False
+        if hit:
+            out.add(object_key(o))
+    return out
+
+
+def describe(keys: Iterable[ObjKey]) -> str:
+    """``endpoints a, b; service chains web``"""
+    by: dict[str, list[str]] = {}
+    for kind, name in sorted(keys):
+        by.setdefault(kind, []).append(name)
+    return "; ".join(f"{KIND_WORDS[k][1]} {', '.join(v)}" for k, v in sorted(by.items(), key=lambda kv: list(
+        KIND_WORDS).index(kv[0])))
+
+
 class PlanError(ValueError):
     """The plan cannot be made (an address pool full, a subnet changed under its endpoints)."""
 
@@ -101,16 +145,13 @@ def plan_apply(desired: Sequence[SpecObject], stored: Stored, prune: bool = Fals
         pruned = [Change("delete", key, obj, None) for key, (obj, _) in sorted(stored.objects.items())
                   if key not in want and key[0] in kinds]
         gone = {c.key for c in pruned}
+        staying = [o for k, (o, _) in stored.objects.items() if k not in gone and k not in want] + list(want.values())
         for kind, name in sorted(gone):
-            if kind != "TenantNetwork":
-                continue
-            users = sorted({e.metadata.name for e in stored.endpoints_of(name)
-                            if ("Endpoint", e.metadata.name) not in gone}
-                           | {o.metadata.name for o in want.values()
-                              if isinstance(o, Endpoint) and o.spec.tenant == name})
+            users = users_of((kind, name), staying)
             if users:
-                raise PlanError(f"--prune would delete tenant network {name}, which endpoints {', '.join(users)} "
-                                f"use: detach them first, or keep {name} in the files")
+                verb = "detach them" if {k for k, _ in users} == {"Endpoint"} else "delete them"
+                raise PlanError(f"--prune would delete {KIND_WORDS[kind][0]} {name}, which {describe(users)} "
+                                f"use: {verb} first, or keep {name} in the files")
         changes += pruned
     add, drop = _claims(changes, stored, want)
     return Plan(tuple(changes), add, drop, tuple(unchanged))
@@ -123,13 +164,17 @@ def plan_delete(keys: Sequence[ObjKey], stored: Stored, force: bool = False) -> 
     if missing:
         raise PlanError(f"no such object: {', '.join(missing)}")
     doomed = set(keys)
-    for kind, name in keys:
-        if kind == "TenantNetwork":
-            users = [e.metadata.name for e in stored.endpoints_of(name) if ("Endpoint", e.metadata.name) not in doomed]
-            if users and not force:
-                raise PlanError(f"tenant network {name} is used by endpoints {', '.join(users)}: detach them "
-                                f"first, or delete with --force (which deletes them too)")
-            doomed |= {("Endpoint", u) for u in users}
+    objects = [o for o, _ in stored.objects.values()]
+    todo = list(keys)
+    while todo:  # with force, what uses a doomed object is doomed too (a tenant's chains, functions, endpoints)
+        kind, name = todo.pop(0)
+        users = users_of((kind, name), (o for o in objects if object_key(o) not in doomed))
+        if users and not force:
+            verb = "detach them" if {k for k, _ in users} == {"Endpoint"} else "delete them"
+            raise PlanError(f"{KIND_WORDS[kind][0]} {name} is used by {describe(users)}: {verb} first, or delete "
+                            f"with --force (which deletes them too)")
+        doomed |= users
+        todo += sorted(users)
     changes = [Change("delete", key, stored.objects[key][0], None) for key in sorted(doomed)]
     add, drop = _claims(changes, stored, {})
     return Plan(tuple(changes), add, drop)

@@ -51,7 +51,7 @@ def doc(kind="TenantNetwork", name="blue", **spec):
     ([], [("", "expected a mapping with apiVersion, kind, metadata and spec, found list")]),
     ({**doc(vni=1, subnet="10.0.0.0/24"), "apiVersion": "v1"}, [("apiVersion", "expected netd/v1, found 'v1'")]),
     ({**doc(vni=1, subnet="10.0.0.0/24"), "kind": "Pod"},
-     [("kind", "unknown kind 'Pod' (known: Endpoint, TenantNetwork)")]),
+     [("kind", "unknown kind 'Pod' (known: Endpoint, ServiceChain, ServiceFunction, TenantNetwork)")]),
     (doc(vni=0, subnet="10.0.0.0/24"), [("spec.vni", "Input should be greater than or equal to 1, found 0")]),
     (doc(vni=16777216, subnet="10.0.0.0/24"),
      [("spec.vni", "Input should be less than or equal to 16777215, found 16777216")]),
@@ -140,8 +140,8 @@ def test_endpoint_rules():
     # two endpoints of one tenant in one target would both be t-blue there
     same = check_objects([(0, endpoint("b", netns="web"))], [blue, endpoint("a", netns="web")])
     assert [(i.field, i.message) for i in same] == [
-        ("spec.netns", "endpoint a is interface t-blue in netns web on host h1 too: one endpoint per tenant "
-                       "(and per interface name) in a target")]
+        ("spec.netns", "endpoint a is interface t-blue in netns web on host h1 too: one interface name per target"
+                       " (give the endpoints different spec.interface)")]
     long1, long2 = tenant("customer-alpha-1", 7), tenant("customer-alpha-2", 8, "10.21.0.0/24")
     cut = check_objects([(0, endpoint("a", "customer-alpha-1", netns="web")),
                          (1, endpoint("b", "customer-alpha-2", netns="web"))], [long1, long2])
@@ -232,6 +232,9 @@ def test_types():
     assert isinstance(tenant(), TenantNetwork) and isinstance(endpoint(), Endpoint)
 
 
+KNOWN = "(known: Endpoint, ServiceChain, ServiceFunction, TenantNetwork)"
+
+
 def _doc(kind="TenantNetwork", meta=None, spec=None, api="netd/v1"):
     return {"apiVersion": api, "kind": kind, "metadata": {"name": "blue"} if meta is None else meta,
             "spec": {"vni": 1, "subnet": "10.20.0.0/24"} if spec is None else spec}
@@ -240,10 +243,10 @@ def _doc(kind="TenantNetwork", meta=None, spec=None, api="netd/v1"):
 @pytest.mark.parametrize("raw, want", [
     ([1], [Issue(3, (), "expected a mapping with apiVersion, kind, metadata and spec, found list")]),
     (_doc(api="v1"), [Issue(3, ("apiVersion",), "expected netd/v1, found 'v1'", "TenantNetwork", "blue")]),
-    (_doc(kind="Pod"), [Issue(3, ("kind",), "unknown kind 'Pod' (known: Endpoint, TenantNetwork)", "Pod", "blue")]),
-    (_doc(kind=["TenantNetwork"]), [Issue(3, ("kind",), "unknown kind ['TenantNetwork'] (known: Endpoint, "
-                                          "TenantNetwork)", "['TenantNetwork']", "blue")]),
-    (_doc(kind=None, meta="blue"), [Issue(3, ("kind",), "unknown kind None (known: Endpoint, TenantNetwork)")]),
+    (_doc(kind="Pod"), [Issue(3, ("kind",), f"unknown kind 'Pod' {KNOWN}", "Pod", "blue")]),
+    (_doc(kind=["TenantNetwork"]), [Issue(3, ("kind",), f"unknown kind ['TenantNetwork'] {KNOWN}", "['TenantNetwork']",
+                                          "blue")]),
+    (_doc(kind=None, meta="blue"), [Issue(3, ("kind",), f"unknown kind None {KNOWN}")]),
     (_doc(meta={"name": 5}, api="x"), [Issue(3, ("apiVersion",), "expected netd/v1, found 'x'", "TenantNetwork")]),
     (_doc(spec={"vni": 1, "subnet": "10.0.0.0/7"}),
      [Issue(3, ("spec", "subnet"), "expected a prefix length of 8 to 30, found /7", "TenantNetwork", "blue")]),
@@ -287,8 +290,8 @@ def test_every_issue_between_objects_whole():
     assert check_objects([(4, endpoint("b", ip="10.20.0.7", netns="b"))], [blue, endpoint("a", ip="10.20.0.7")]) == [
         Issue(4, ("spec", "ip"), "10.20.0.7 is also endpoint a's in tenant blue", "Endpoint", "b")]
     assert check_objects([(4, endpoint("b", netns="web"))], [blue, endpoint("a", netns="web")]) == [
-        Issue(4, ("spec", "netns"), "endpoint a is interface t-blue in netns web on host h1 too: one endpoint per "
-              "tenant (and per interface name) in a target", "Endpoint", "b")]
+        Issue(4, ("spec", "netns"), "endpoint a is interface t-blue in netns web on host h1 too: one interface name"
+              " per target (give the endpoints different spec.interface)", "Endpoint", "b")]
     # stored objects' own problems are not this apply's: nothing reported for them
     assert check_objects([], [blue, twin, endpoint(tenant="nope")], N("10.20.0.0/16")) == []
 
