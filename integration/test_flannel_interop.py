@@ -118,13 +118,17 @@ def test_a_bogus_lease_never_becomes_a_route_and_is_reported(make_cluster):
     for key in bogus:
         c.etcdctl("put", f"{c.etcd_prefix}/subnets/{key}", '{"PublicIP":"10.250.0.99","BackendType":"host-gw"}')
 
-    def rejected() -> dict[str, float]:
-        _, text = c.http_get(1, "/metrics")
+    def rejected(i: int = 1) -> dict[str, float]:
+        _, text = c.http_get(i, "/metrics")
         return {line.split('reason="')[1].split('"')[0]: float(line.split()[-1])
                 for line in text.splitlines() if line.startswith("netd_leases_rejected_total{")}
 
     wait_for(lambda: rejected() == {"outside_network": 2.0, "overlaps_own": 1.0}, 10, lambda: rejected())
     assert c.routes(1) == {str(c.subnet(2))}  # the kernel: only the real peer
+    # on host 2 the key for host 1's subnet is an intruder (host 1's key was created first): refused,
+    # and host 1 stays its peer (one key written by anyone must not cut a host off from the others)
+    wait_for(lambda: rejected(2) == {"outside_network": 2.0, "conflict": 1.0}, 10, lambda: rejected(2))
+    assert c.routes(2) == {str(c.subnet(1))}
     log = c.netd_log(1)
     for key in bogus:
         assert log.count(f"lease not routed to: {key}:") == 1, key  # one warning each, not one per resync

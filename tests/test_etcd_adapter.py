@@ -132,6 +132,7 @@ def aetcd_error(code: grpc.StatusCode, details: str) -> Exception:
     (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", ("unavailable", "ConnectionTimeoutError")),
     (grpc.StatusCode.UNKNOWN, "context deadline exceeded", ("unavailable", "UNKNOWN")),  # a write, no quorum
     (grpc.StatusCode.INTERNAL, "transport", ("unavailable", "INTERNAL")),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests", ("unavailable", "RESOURCE_EXHAUSTED")),
     (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", ("refused", "NOT_FOUND")),
     (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", ("refused", "PERMISSION_DENIED")),
     (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token", ("refused", "UNAUTHENTICATED")),

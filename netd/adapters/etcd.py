@@ -40,8 +40,9 @@ UNAVAILABLE, REFUSED = "unavailable", "refused"
 #: UNAVAILABLE, no quorum is UNAVAILABLE "request timed out" or "no leader", a slow one
 #: DEADLINE_EXCEEDED); every other status is an answer: NOT_FOUND (a lease), PERMISSION_DENIED,
 #: UNAUTHENTICATED, INVALID_ARGUMENT (also "user name is empty" when auth is on), OUT_OF_RANGE, ...
+#: RESOURCE_EXHAUSTED ("too many requests": an overloaded member) passes: unavailable, not a refusal.
 _UNAVAILABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
-                      grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
+                      grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED}
 #: etcd 3.4 answers a write without quorum with UNKNOWN "context deadline exceeded".
 _UNAVAILABLE_DETAILS = ("deadline exceeded", "timed out", "no leader", "leader changed")
 
@@ -275,6 +276,7 @@ class EtcdRegistry(EtcdConnection):
             int(kv.lease),
             int(kv.mod_revision),
             ipv6_subnet,
+            int(kv.create_revision),
         )
 
     def _snapshot(self, kvs: Any, revision: int) -> Snapshot:

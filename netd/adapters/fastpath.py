@@ -107,6 +107,12 @@ class FastPath:
                 return tuple(sorted((route_from_c(out[i]) for i in range(n)), key=UdpRoute.sort_key))
             room = n + 8
 
+    def stop(self) -> None:
+        """Stop the threads (within fastpath.h's bound); the counters stay readable until close."""
+        with self._lock:
+            if self._fp != ffi.NULL:
+                lib.fp_stop(self._fp)
+
     def stats(self) -> dict[str, int]:
         """The counters (all 0 once closed)."""
         out = ffi.new("fp_stats *")

@@ -24,6 +24,7 @@ class _Key:
     value: bytes
     lease_id: int
     mod_revision: int
+    create_revision: int = 0
 
 
 class MemoryRegistry:
@@ -71,11 +72,13 @@ class MemoryRegistry:
     def _lease_of(self, key: str) -> Lease:
         entry = self._subnets[key]
         subnet, ipv6_subnet = parse_lease_key(key)
-        return Lease(subnet, LeaseAttrs.from_json(entry.value), entry.lease_id, entry.mod_revision, ipv6_subnet)
+        return Lease(subnet, LeaseAttrs.from_json(entry.value), entry.lease_id, entry.mod_revision, ipv6_subnet,
+                     entry.create_revision)
 
     def _put(self, key: str, attrs: LeaseAttrs, lease_id: int) -> Lease:
         rev = self._bump()
-        self._subnets[key] = _Key(attrs.to_json(), lease_id, rev)
+        old = self._subnets.get(key)
+        self._subnets[key] = _Key(attrs.to_json(), lease_id, rev, old.create_revision if old else rev)
         lease = self._lease_of(key)
         self._record(SubnetEvent(lease.subnet, False, rev, lease))
         return lease

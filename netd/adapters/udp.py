@@ -21,6 +21,7 @@ import ipaddress
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -35,6 +36,8 @@ from netd.model import Lease, NetworkConfig
 log = logging.getLogger(__name__)
 
 UDP_OVERHEAD = 28  # outer IPv4 + UDP headers
+#: the alias netd gives the TUN it makes: the one device of that name it may delete and re-create
+TUN_ALIAS = "netd udp fast path"
 IFF_MULTICAST = 0x1000
 
 
@@ -64,6 +67,7 @@ class UdpBackend:
         self.save_errors = 0
         self.tun_recoveries = 0
         self._retired: dict[str, int] = {}  # counters of fast paths closed by a TUN recovery
+        self._stats_lock = threading.Lock()  # stats() runs on the HTTP thread, a recovery on the sync's
         # written by the C threads when they find the TUN gone; the agent watches it (fault_fd)
         self._events = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         if prestarted is not None and (prestarted.tun, prestarted.port, prestarted.offloads_requested,
@@ -94,17 +98,32 @@ class UdpBackend:
 
     def _open(self, offloads: bool) -> FastPath:
         try:
-            return FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads, self.threads)
+            fast = FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads, self.threads)
         except DataplaneError as exc:
             found = self.ipr.link_lookup(ifname=self.tun)
-            # EINVAL: a device of that name that is no TUN of ours (a TAP, a multi-queue TUN) is
-            # replaced. Anything else, EBUSY above all (another process has the TUN open: a second
-            # netd, flannel), leaves the device alone: deleting it would cut the running one off.
+            # EINVAL: the device of that name is no single-queue TUN (a TAP, a multi-queue TUN: the
+            # kernel says so before it checks whether the device is busy). Only a device netd made
+            # (its alias says so) is replaced; another is someone else's -- a VM's TAP, another
+            # tool's TUN -- and is left alone, as is any device on any other error (EBUSY above
+            # all: another process, a second netd or flannel, has the TUN open).
             if not found or exc.errno != errno.EINVAL or "attach to TUN" not in str(exc):
                 raise
+            alias = self._alias(found[0])
+            if alias != TUN_ALIAS:
+                raise DataplaneError(f"{self.tun} exists and is not netd's TUN ({exc}); its alias is "
+                                     f"{alias or 'empty'!r}, not {TUN_ALIAS!r}, so netd leaves it alone: "
+                                     "remove it by hand if it is a leftover", exc.errno) from exc
             log.info("recreating %s: %s", self.tun, exc)
             self.ipr.link("del", index=found[0])
-            return FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads, self.threads)
+            fast = FastPath(self.tun, ipaddress.IPv4Address("0.0.0.0"), self.port, offloads, self.threads)
+        found = self.ipr.link_lookup(ifname=self.tun)
+        if found and self._alias(found[0]) != TUN_ALIAS:
+            self.ipr.link("set", index=found[0], ifalias=TUN_ALIAS)
+        return fast
+
+    def _alias(self, index: int) -> str:
+        links = self.ipr.get_links(index)
+        return str(links[0].get_attr("IFLA_IFALIAS") or "") if links else ""
 
     def fault_fd(self) -> int:
         """Readable when the data path needs a repair (the TUN was deleted): wake the sync loop."""
@@ -128,10 +147,13 @@ class UdpBackend:
         log.warning("TUN %s is gone (%s): re-creating it and re-attaching the fast path with %d routes",
                     self.tun, why, len(routes))
         old = self.fast
-        for name, value in old.stats().items():
-            self._retired[name] = self._retired.get(name, 0) + value
-        old.close()
-        self.fast = self._start_fast_path(routes)
+        old.stop()  # its threads count no more; then its counters move to the retired ones at once, so a
+        final = old.stats()  # scrape (another thread) never counts them twice or drops them for a moment
+        with self._stats_lock:
+            for name, value in final.items():
+                self._retired[name] = self._retired.get(name, 0) + value
+            old.close()  # (its stats are 0 from here: the sum stays the same)
+        self.fast = self._start_fast_path(routes)  # (after the close: it binds the same port)
         self.fast.notify_tun_loss(self._events)
         self.tun_recoveries += 1
 
@@ -235,8 +257,9 @@ class UdpBackend:
     def stats(self) -> dict[str, int]:
         """The fast path's counters (summed over the instances a TUN recovery replaced), and the
         backend's own."""
-        now = self.fast.stats()
-        return {**{k: v + self._retired.get(k, 0) for k, v in now.items()}, "state_save_errors": self.save_errors,
+        with self._stats_lock:
+            now, retired = self.fast.stats(), dict(self._retired)
+        return {**{k: v + retired.get(k, 0) for k, v in now.items()}, "state_save_errors": self.save_errors,
                 "tun_recoveries": self.tun_recoveries}
 
     def features(self) -> set[str]:

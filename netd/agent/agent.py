@@ -82,7 +82,9 @@ class Agent:
         self.last_revision: int | None = None
         self.status = Status()
         self.etcd_down_since: float | None = None
-        self.etcd_refusal: str | None = None  # etcd's last "no" (permission, auth...), until it answers again
+        #: etcd's last "no" (permission, auth...) to each kind of call, until that call succeeds: a
+        #: refusal of one (the subnets' keys) is not mended by another's success (the config)
+        self.etcd_refusals: dict[str, str] = {}
         self.failed_tasks: dict[str, str] = {}  # loops that raised, until their restart
         self.task_restarts: dict[str, int] = {}
         self._background = Background()  # fire-and-forget revokes, referenced until done
@@ -103,8 +105,8 @@ class Agent:
         details = dict(st.details)
         if self.etcd_down_since is not None:
             details["etcd"] = f"unreachable for {time.monotonic() - self.etcd_down_since:.0f}s"
-        if self.etcd_refusal is not None:
-            details["etcd_refused"] = self.etcd_refusal
+        if self.etcd_refusals:
+            details["etcd_refused"] = "; ".join(f"{op}: {why}" for op, why in sorted(self.etcd_refusals.items()))
         if self.task_restarts:
             details["task_restarts"] = dict(self.task_restarts)
         if self.backend is not None:
@@ -142,22 +144,22 @@ class Agent:
         act, so it is shown on /readyz as what it is, never as "unreachable"."""
         if isinstance(exc, RegistryRefused):
             self.metrics.etcd_errors.labels(op, "refused").inc()
-            if self.etcd_refusal != str(exc):
+            if self.etcd_refusals.get(op) != str(exc):
                 log.error("etcd refused %s: %s", op, exc)
-            self.etcd_refusal = str(exc)
+            self.etcd_refusals[op] = str(exc)
             return
         self.metrics.etcd_errors.labels(op, "unavailable").inc()
         if self.etcd_down_since is None:
             self.etcd_down_since = time.monotonic()
             log.warning("etcd unreachable (%s): %s; keeping the current routes", op, exc)
 
-    def _etcd_ok(self) -> None:
+    def _etcd_ok(self, op: str) -> None:
         if self.etcd_down_since is not None:
             log.info("etcd reachable again after %.1fs", time.monotonic() - self.etcd_down_since)
             self.etcd_down_since = None
-        if self.etcd_refusal is not None:
-            log.info("etcd answers again (after: %s)", self.etcd_refusal)
-            self.etcd_refusal = None
+        refused = self.etcd_refusals.pop(op, None)
+        if refused is not None:
+            log.info("etcd answers %s again (after: %s)", op, refused)
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
         self.metrics.task_failures.labels(name).inc()
@@ -260,7 +262,7 @@ class Agent:
             # before anything of etcd's: a deleted TUN comes back with the routes it had, etcd or not
             await self._on_dataplane(backend.configure_own, self.lease)
         raw = await self.registry.get_config()
-        self._etcd_ok()
+        self._etcd_ok("sync")
         if raw is None:
             raise ConfigError(f"{self.opts.config_source}: no network config; set one with `netctl config set`")
         cfg = parse_network_config(raw, source=self.opts.config_source)
@@ -396,7 +398,7 @@ class Agent:
             except (RegistryUnavailable, RegistryRefused) as exc:
                 self._etcd_error("keepalive", exc)
                 continue
-            self._etcd_ok()
+            self._etcd_ok("keepalive")
             self.metrics.lease_ttl.set(ttl)
             if ttl == 0:
                 log.warning("etcd lease %x of subnet %s is gone; re-acquiring", lease.lease_id, lease.subnet)
@@ -411,7 +413,7 @@ class Agent:
             try:
                 async for events in self.registry.watch_subnets(self.last_revision + 1):
                     backoff = 0.2
-                    self._etcd_ok()
+                    self._etcd_ok("watch")
                     for ev in events:
                         self.last_revision = max(self.last_revision or 0, ev.revision)
                         log.debug("watch: %s %s at revision %d", "delete" if ev.deleted else "put",

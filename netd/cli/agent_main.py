@@ -15,7 +15,15 @@ from netd import __version__
 from netd.adapters.files import acquire_instance_lock, route_cache_path
 from netd.cli.common import FlagParser, add_etcd_flags, add_flag, arg_type, config_key, make_registry, setup_logging
 from netd.errors import AlreadyRunning, ConfigError, NetdError
-from netd.model.flags import parse_duration, parse_ip, parse_ipv4, parse_log_level, parse_port, parse_seconds
+from netd.model.flags import (
+    parse_bool,
+    parse_duration,
+    parse_ip,
+    parse_ipv4,
+    parse_log_level,
+    parse_port,
+    parse_seconds,
+)
 
 # Everything slow to import (pyroute2, grpc) is imported in run(), after the udp fast path has
 # re-attached from its route cache: a restart then pauses traffic for as little as possible.
@@ -37,8 +45,9 @@ def build_parser() -> FlagParser:
              help="IP other hosts reach this one at (default: --iface's address)")
     add_flag(p, "--subnet-file", default="/run/flannel/subnet.env",
              help="where to write subnet.env (default %(default)s)")
-    add_flag(p, "--ip-masq", action="store_true", default=False,
-             help="masquerade traffic leaving the cluster network (nftables table ip netd)")
+    add_flag(p, "--ip-masq", nargs="?", const=True, type=arg_type(parse_bool), default=False, metavar="BOOL",
+             help="masquerade traffic leaving the cluster network (nftables table ip netd); --ip-masq alone or "
+                  "--ip-masq=true|false, as flannel spells it")
     add_flag(p, "--subnet-lease-ttl", type=arg_type(parse_duration), default="24h",
              help="TTL of the subnet lease in etcd (default %(default)s)")
     add_flag(p, "--healthz-ip", type=arg_type(parse_ip), default="0.0.0.0")

@@ -115,8 +115,11 @@ def select_peers(cfg: NetworkConfig, own: Lease, leases: Iterable[Lease],
     inside Network (and, when we are dual-stack, whose IPv6 subnet is a /IPv6SubnetLen inside
     IPv6Network) and overlaps neither our own subnets nor another host's: a key for the whole
     network, a foreign network or our own subnet, written into etcd by a buggy tool or anyone with
-    write access, must never become a route on every host. Two hosts claiming one subnet (e.g. a
-    v4-only and a dual-stack key) are both refused: choosing one would be a coin toss.
+    write access, must never become a route on every host. Where two hosts claim one subnet (e.g. a
+    v4-only and a dual-stack key), the key created first holds it (netd's create-if-absent lets no
+    later key for a held subnet in, so a later one is the intruder): refusing both would let one
+    key written by anyone cut a real host off from every other. A PublicIP inside the overlay's own
+    networks is refused too: the encapsulated packets would be routed back into the overlay.
     """
     candidates: list[Lease] = []
     skipped: list[Skipped] = []
@@ -128,6 +131,9 @@ def select_peers(cfg: NetworkConfig, own: Lease, leases: Iterable[Lease],
         ip = lease.attrs.public_ip
         if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
             skipped.append(Skipped(lease.key, BAD_PUBLIC_IP, f"PublicIP {ip} is no address a host can be reached at"))
+        elif ip in cfg.network:
+            skipped.append(Skipped(lease.key, BAD_PUBLIC_IP, f"PublicIP {ip} is inside the overlay's Network "
+                                                             f"{cfg.network}: packets to it would loop"))
         elif not _fits(lease.subnet, cfg.network, cfg.subnet_len):
             skipped.append(Skipped(lease.key, OUTSIDE_NETWORK,
                                    f"{lease.subnet} is not a /{cfg.subnet_len} inside the Network {cfg.network}"))
@@ -140,17 +146,20 @@ def select_peers(cfg: NetworkConfig, own: Lease, leases: Iterable[Lease],
                                                             f"(we hold {own.key})"))
         else:
             candidates.append(lease)
-    claims: dict[Net, set[ipaddress.IPv4Address]] = {}
-    for lease in candidates:
-        for subnet in (lease.subnet, lease.ipv6_subnet if v6 is not None else None):
-            if subnet is not None:
-                claims.setdefault(subnet, set()).add(lease.attrs.public_ip)
+    def subnets_of(lease: Lease) -> list[Net]:
+        return [s for s in (lease.subnet, lease.ipv6_subnet if v6 is not None else None) if s is not None]
+
+    holders: dict[Net, Lease] = {}  # each subnet: the key created first (ties: by name, the same on every host)
+    for lease in sorted(candidates, key=lambda lease: (lease.create_revision, lease.key)):
+        for subnet in subnets_of(lease):
+            holders.setdefault(subnet, lease)
     peers: dict[Net, Lease] = {}
     for lease in sorted(candidates, key=lambda lease: (lease.subnet, lease.ipv6_subnet is None, lease.key)):
-        rivals = set().union(*(claims.get(s, set()) for s in (lease.subnet, lease.ipv6_subnet) if s is not None))
-        if len(rivals) > 1:
-            hosts = ", ".join(sorted(str(ip) for ip in rivals))
-            skipped.append(Skipped(lease.key, CONFLICT, f"its subnet is claimed by several hosts ({hosts})"))
+        taken = [(s, holders[s]) for s in subnets_of(lease) if holders[s].attrs.public_ip != lease.attrs.public_ip]
+        if taken:
+            subnet, holder = taken[0]
+            skipped.append(Skipped(lease.key, CONFLICT, f"{subnet} is held by {holder.attrs.public_ip} "
+                                                        f"({holder.key}, created first)"))
         else:
             peers.setdefault(lease.subnet, lease)  # one host's two keys (a rename to dual stack): the dual one
     return list(peers.values()), sorted(skipped)

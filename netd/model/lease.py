@@ -107,6 +107,9 @@ class Lease:
     mod_revision: int = 0
     #: A dual-stack host's IPv6 subnet (flannel's ``EnableIPv6``), part of the key's name.
     ipv6_subnet: ipaddress.IPv6Network | None = None
+    #: The revision that created the key (0: unknown): of two hosts' keys for one subnet, the
+    #: first created is the holder (netd's create-if-absent lets no later one in).
+    create_revision: int = 0
 
     @property
     def is_reservation(self) -> bool:

@@ -192,3 +192,19 @@ def test_another_key_for_our_subnet_does_not_make_us_think_we_lost_it(ns, tmp_pa
             agent.close()
 
     asyncio.run(main())
+
+
+def test_a_refusal_is_cleared_by_the_same_call_succeeding_not_by_another(tmp_path):
+    """etcd may let netd read the config (sync) and refuse the keepalive: the keepalive's refusal
+    stays on /readyz (logged once) until a keepalive succeeds."""
+    from netd.errors import RegistryRefused
+
+    agent = Agent(MemoryRegistry(), lambda cfg: None, AgentOptions(  # type: ignore[arg-type,return-value]
+        public_ip=ipaddress.IPv4Address("10.250.0.1"), subnet_file=str(tmp_path / "subnet.env")))
+    agent._etcd_error("keepalive", RegistryRefused("etcd refused keepalive: PERMISSION_DENIED", "PERMISSION_DENIED"))
+    agent._etcd_ok("sync")
+    agent._etcd_ok("watch")
+    details = agent.readiness()[2]
+    assert details["etcd_refused"] == "keepalive: etcd refused keepalive: PERMISSION_DENIED"
+    agent._etcd_ok("keepalive")
+    assert "etcd_refused" not in agent.readiness()[2]

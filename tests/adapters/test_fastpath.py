@@ -196,6 +196,63 @@ def test_a_busy_tun_is_refused_with_ebusy_and_left_alone(ns):
         first.close()
 
 
+def _bare_backend(tun: str, port: int) -> object:
+    """A UdpBackend with only what _open uses (its constructor also wires routes and the underlay)."""
+    from pyroute2 import IPRoute
+
+    from netd.adapters.udp import UdpBackend
+
+    b = UdpBackend.__new__(UdpBackend)
+    b.tun, b.port, b.threads, b.ipr = tun, port, 2, IPRoute()
+    return b
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_someone_elses_tap_of_the_tuns_name_is_never_deleted(ns, held):
+    """EINVAL (the device is no single-queue TUN) is what the kernel answers for a TAP, busy or not:
+    a device netd did not make is refused with its name, and left as it was."""
+    subprocess.run(["ip", "-n", ns, "tuntap", "add", "fptest7", "mode", "tap"], check=True)
+    holder = None
+    if held:  # a VM's TAP: open, in use
+        holder = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c",
+                                   "import fcntl,os,struct,sys\nfd=os.open('/dev/net/tun',os.O_RDWR)\n"
+                                   "fcntl.ioctl(fd,0x400454ca,struct.pack('16sH',b'fptest7',0x0002|0x1000))\n"
+                                   "print('held',flush=True)\nsys.stdin.read()"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    try:
+        with entered(ns):
+            b = _bare_backend("fptest7", 18293)
+            try:
+                with pytest.raises(DataplaneError, match="fptest7 exists and is not netd's TUN") as exc:
+                    b._open(True)  # type: ignore[attr-defined]
+                assert exc.value.errno == errno.EINVAL
+            finally:
+                b.ipr.close()  # type: ignore[attr-defined]
+        shown = subprocess.run(["ip", "-n", ns, "-d", "link", "show", "fptest7"], capture_output=True, text=True)
+        assert shown.returncode == 0 and "tun type tap" in shown.stdout, shown.stdout  # untouched
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_device_netd_made_is_re_created_as_its_tun(ns):
+    from netd.adapters.udp import TUN_ALIAS
+
+    subprocess.run(["ip", "-n", ns, "tuntap", "add", "fptest8", "mode", "tap"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", "fptest8", "alias", TUN_ALIAS], check=True)
+    with entered(ns):
+        b = _bare_backend("fptest8", 18294)
+        try:
+            fp = b._open(True)  # type: ignore[attr-defined]
+            fp.close()
+        finally:
+            b.ipr.close()  # type: ignore[attr-defined]
+    shown = subprocess.run(["ip", "-n", ns, "-d", "link", "show", "fptest8"], capture_output=True, text=True).stdout
+    assert "tun type tun" in shown and TUN_ALIAS in shown, shown
+
+
 def test_concurrent_lookup_loops_each_hold_a_slot_of_their_own(fast):
     """Two test callers at once while the table churns: neither may read a table the other's
     release let the writer free (one shared slot did). A read of freed memory usually still finds

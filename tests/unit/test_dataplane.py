@@ -1,5 +1,6 @@
 """Desired routes per backend and the minimal diff."""
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -109,6 +110,8 @@ FLANNEL_UDP = b'{"PublicIP":"192.0.2.7","PublicIPv6":null}'
 FLANNEL_VXLAN = b'{"PublicIP":"192.0.2.8","PublicIPv6":null,"BackendType":"vxlan",' \
                 b'"BackendData":{"VNI":1,"VtepMAC":"5a:8a:d8:d7:c2:ed"}}'
 FLANNEL_HOSTGW = b'{"PublicIP":"192.0.2.9","PublicIPv6":null,"BackendType":"host-gw"}'
+#: an older flannel's udp lease (LeaseAttrs before PublicIPv6), as the issue quotes it
+FLANNEL_UDP_OLD = b'{"PublicIP":"192.0.2.7"}'
 UDP4 = parse_network_config('{"Network":"10.5.0.0/16","Backend":{"Type":"udp"}}')
 HOSTGW = parse_network_config('{"Network":"10.5.0.0/16","Backend":{"Type":"host-gw"}}')
 
@@ -122,6 +125,7 @@ def flannel_lease(key: str, value: bytes) -> Lease:
 
 @pytest.mark.parametrize("cfg,backend,value,routed", [
     (UDP4, "udp", FLANNEL_UDP, True),        # flannel udp: no BackendType, a udp peer all the same
+    (UDP4, "udp", FLANNEL_UDP_OLD, True),
     (UDP4, "udp", FLANNEL_VXLAN, False),
     (UDP4, "udp", FLANNEL_HOSTGW, False),
     (CFG, "vxlan", FLANNEL_VXLAN, True),
@@ -139,6 +143,16 @@ def test_leases_as_flannel_writes_them_are_peers_of_their_own_backend(cfg, backe
         assert state.fdb == {FdbEntry("5a:8a:d8:d7:c2:ed", A("192.0.2.8"))}
     elif routed:
         assert state.routes == {Route(ipaddress.IPv4Network("10.5.9.0/24"), peer.attrs.public_ip)}
+
+
+def test_a_dual_stack_flannel_lease_is_a_peer_of_both_families():
+    """Key and value as a flannel dual-stack udp host writes them (PublicIPv6 set, no BackendType)."""
+    own = dual("10.5.1.0/24", "fd00:5:0:1::/64", "192.0.2.1")
+    peer = flannel_lease("10.5.9.0-24&fd00:5:0:9::-64", b'{"PublicIP":"192.0.2.7","PublicIPv6":"2001:db8::7"}')
+    state, skipped = desired_state(DUAL, "udp", own, [own, peer])
+    assert skipped == ()
+    assert state.routes == {Route(ipaddress.IPv4Network("10.5.9.0/24"), A("192.0.2.7")),
+                            Route(ipaddress.IPv6Network("fd00:5:0:9::/64"), A("192.0.2.7"))}
 
 
 def test_peer_backend_matches():
@@ -175,17 +189,46 @@ def test_the_first_and_last_subnet_of_the_network_are_peers(key):
     assert skipped == () and {str(r.dst) for r in state.routes} == {key.replace("-", "/")}
 
 
-def test_two_hosts_claiming_one_subnet_are_both_refused_one_host_with_two_keys_is_one_peer():
+def dual_created(subnet, v6, ip, created):
+    return dataclasses.replace(dual(subnet, v6, ip), create_revision=created)
+
+
+def test_of_two_hosts_claiming_one_subnet_the_key_created_first_holds_it_one_host_with_two_keys_is_one_peer():
     own = dual("10.5.1.0/24", "fd00:5:0:1::/64", "192.0.2.1")
-    a = dual("10.5.9.0/24", None, "192.0.2.2")
-    b = dual("10.5.9.0/24", "fd00:5:0:9::/64", "192.0.2.3")  # the same IPv4 subnet, a dual-stack key
-    c = dual("10.5.7.0/24", "fd00:5:0:7::/64", "192.0.2.4")
-    d = dual("10.5.8.0/24", "fd00:5:0:7::/64", "192.0.2.5")  # c's IPv6 subnet
-    e_old, e_new = dual("10.5.6.0/24", None, "192.0.2.6"), dual("10.5.6.0/24", "fd00:5:0:6::/64", "192.0.2.6")
-    peers, skipped = select_peers(DUAL, own, [own, a, b, c, d, e_old, e_new], "udp")
-    assert peers == [e_new]  # the renamed host's dual-stack key
-    assert {(s.key, s.reason) for s in skipped} == {(x.key, "conflict") for x in (a, b, c, d)}
-    assert "claimed by several hosts (192.0.2.2, 192.0.2.3)" in str(next(s for s in skipped if s.key == a.key))
+    a = dual_created("10.5.9.0/24", None, "192.0.2.2", 10)
+    b = dual_created("10.5.9.0/24", "fd00:5:0:9::/64", "192.0.2.3", 20)  # a's IPv4 subnet, later, a dual-stack key
+    c = dual_created("10.5.7.0/24", "fd00:5:0:7::/64", "192.0.2.4", 31)
+    d = dual_created("10.5.8.0/24", "fd00:5:0:7::/64", "192.0.2.5", 30)  # c's IPv6 subnet, earlier
+    e_old = dual_created("10.5.6.0/24", None, "192.0.2.6", 5)
+    e_new = dual_created("10.5.6.0/24", "fd00:5:0:6::/64", "192.0.2.6", 6)
+    for order in (1, -1):  # whatever order the keys are read in
+        peers, skipped = select_peers(DUAL, own, [own, a, b, c, d, e_old, e_new][::order], "udp")
+        assert sorted(peers, key=lambda p: p.subnet) == [e_new, d, a]  # the renamed host once: its dual-stack key
+        assert {(s.key, s.reason) for s in skipped} == {(b.key, "conflict"), (c.key, "conflict")}
+        why = {s.key: s.detail for s in skipped}
+        assert why[b.key] == "10.5.9.0/24 is held by 192.0.2.2 (10.5.9.0-24, created first)"
+        assert why[c.key] == "fd00:5:0:7::/64 is held by 192.0.2.5 (10.5.8.0-24&fd00:5:0:7::-64, created first)"
+
+
+def test_one_key_written_for_a_held_subnet_does_not_cut_its_host_off():
+    """The intruder's key is refused on every host; the real holder stays everyone's peer."""
+    real = dataclasses.replace(flannel_lease("10.5.2.0-24", b'{"PublicIP":"192.0.2.2","BackendType":"udp"}'),
+                               create_revision=40)
+    intruder = dataclasses.replace(flannel_lease("10.5.2.0-24&fd00:9::-64", b'{"PublicIP":"192.0.2.66"}'),
+                                   create_revision=41)
+    for own in (OWN_UDP, lease("10.5.3.0/24", "192.0.2.3", btype="udp")):
+        state, skipped = desired_state(UDP4, "udp", own, [own, real, intruder])
+        assert state.routes == {Route(ipaddress.IPv4Network("10.5.2.0/24"), A("192.0.2.2"))}
+        assert [(s.key, s.reason) for s in skipped] == [(intruder.key, "conflict")]
+
+
+@pytest.mark.parametrize("ip", ["10.5.9.1", "10.5.200.7", "10.5.0.0"])
+def test_a_public_ip_inside_the_overlay_network_is_refused(ip):
+    bad = flannel_lease("10.5.9.0-24", f'{{"PublicIP":"{ip}"}}'.encode())
+    state, skipped = desired_state(UDP4, "udp", OWN_UDP, [OWN_UDP, bad])
+    assert state.routes == frozenset()
+    assert [(s.key, s.reason) for s in skipped] == [("10.5.9.0-24", "bad_public_ip")]
+    assert "inside the overlay's Network 10.5.0.0/16" in skipped[0].detail
 
 
 @pytest.mark.parametrize("v6,reason", [

@@ -140,6 +140,18 @@ def test_every_flag_reads_netd_environment(monkeypatch):
     monkeypatch.setenv("NETD_IP_MASQ", "off")
     assert build_parser().parse_args([]).ip_masq is False
     assert build_parser().parse_args(["--ip-masq"]).ip_masq is True
+    # as flannel's own docs and unit files spell it, with a value; the command line still wins
+    assert build_parser().parse_args(["--ip-masq=true"]).ip_masq is True
+    monkeypatch.setenv("NETD_IP_MASQ", "on")
+    assert build_parser().parse_args(["--ip-masq=false"]).ip_masq is False
+    assert build_parser().parse_args(["--ip-masq", "--iface", "eth0"]).ip_masq is True
+
+
+def test_a_bad_ip_masq_value_is_refused_naming_the_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--ip-masq=enabled"])
+    assert exc.value.code == 2
+    assert "--ip-masq: expected one of 1/true/yes/on or 0/false/no/off" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("var,value,message", [
