@@ -4,13 +4,19 @@ the local endpoints (their ports), the remote ones and the peers' tunnel address
 Pipeline (ovs-ofctl syntax; every flow carries a cookie that says it is netd's and which tenant's):
   * table 0, classify: a frame from an endpoint's port is admitted only with that endpoint's MAC
     and (IP or ARP) source address, and tagged with its tenant (reg0 = VNI) and origin (reg1 = 1,
-    local); from the tunnel port only with a known VNI from a known peer (reg1 = 2); all else drops;
+    local); from the tunnel port only with a known VNI from a known peer (reg1 = 2); from a service
+    function's leg, IPv4 only, whatever its addresses (reg1 = 3: it carries other endpoints'
+    frames); all else drops. Endpoints' IPv4 frames go on to table 5, ARP to table 10;
+  * table 5, service chains (netd.core.chains): classified frames steered through the chains'
+    functions; everything else goes on to table 10, except what a leg sends of its own (dropped);
   * table 10, forward within the tenant (every match includes reg0, so tenants never meet, even
     with overlapping subnets): ARP requests for a known address are answered here (the ARP
     responder: ARP never leaves its tenant and rarely floods); unicast to a known MAC goes to its
     port or, tunnelled with the tenant's VNI, to its host; broadcast and multicast from a local port
     go to the tenant's other local ports and to every peer host with endpoints of the tenant, from the
-    tunnel only to local ports (no loops); unknown unicast drops;
+    tunnel only to local ports (no loops); unknown unicast drops. A function's legs are no one's
+    destination: no forwarding by MAC, no ARP answer, no broadcast; a tunnel frame carrying a leg's
+    tag as its source MAC (chains.py) is restored and handed to that leg;
   * table 250: the canary, a flow that matches nothing: when it is gone, ovs-vswitchd restarted (its
     flows with it) and everything is reinstalled.
 """
@@ -22,17 +28,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from netd.core.specplan import endpoint_mac
-from netd.model.specs import Endpoint, TenantNetwork
+from netd.model.specs import Endpoint, ServiceChain, ServiceFunction, TenantNetwork
 
 IPv4 = ipaddress.IPv4Address
 
-T_CLASSIFY, T_FORWARD, T_CANARY = 0, 10, 250
+T_CLASSIFY, T_CHAINS, T_FORWARD, T_CANARY = 0, 5, 10, 250
 #: Every netd flow's cookie: "NETD" in the high 32 bits, the tenant's VNI (0: shared) in the low.
 COOKIE_TAG = 0x4E455444
 COOKIE_MASK = 0xFFFFFFFF00000000
 SHARED_COOKIE = COOKIE_TAG << 32
 CANARY_COOKIE = SHARED_COOKIE | 0xFFFFFFFF
-LOCAL, TUNNEL = 1, 2  # reg1: where the frame came from
+LOCAL, TUNNEL, SFLEG = 1, 2, 3  # reg1: where the frame came from (an endpoint here, a peer, a function's leg)
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 
 
@@ -70,9 +76,29 @@ class RemoteEndpoint:
 class SwitchView:
     tenants: tuple[TenantNetwork, ...] = ()
     local: tuple[LocalPort, ...] = ()
+    #: endpoints on live peers; a function's leg only while its host reports it wired
     remote: tuple[RemoteEndpoint, ...] = ()
     tunnel_ofport: int | None = None  # the flow-based VXLAN port; None: no tunnels (one host)
     peers: tuple[IPv4, ...] = ()  # the other hosts' tunnel addresses
+    functions: tuple[ServiceFunction, ...] = ()
+    chains: tuple[ServiceChain, ...] = ()
+    #: every endpoint's address (a chain's classifier may name one on a host that is down)
+    addresses: tuple[tuple[str, IPv4], ...] = ()
+
+    @property
+    def legs(self) -> frozenset[str]:
+        """The endpoints that are service functions' legs."""
+        return frozenset(n for f in self.functions for n in (f.spec.ingress, f.spec.egress))
+
+
+def leg_tag(ip: IPv4) -> str:
+    """The source MAC a frame carries through a tunnel to a function's leg: locally administered,
+    unicast, never an endpoint's (those are 0a:58:...), naming the leg by its address."""
+    return "0e:00:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+#: a tagged frame's own source MAC back: 0a:58:<its source address>, as admission required it
+RESTORE_SOURCE_MAC = "move:NXM_OF_IP_SRC[]->NXM_OF_ETH_SRC[0..31],load:0xa58->NXM_OF_ETH_SRC[32..47]"
 
 
 @dataclass(frozen=True, order=True)
@@ -120,22 +146,34 @@ def compile_tenant_flows(view: SwitchView) -> list[Flow]:
     """Every flow the bridge should hold for ``view``, sorted."""
     flows: list[Flow] = [
         Flow(T_CLASSIFY, 0, "", "drop"),
+        Flow(T_CHAINS, 0, "", f"resubmit(,{T_FORWARD})"),
+        Flow(T_CHAINS, 1, f"reg1={SFLEG}", "drop"),  # what a leg sends that is no chain's next step
         Flow(T_FORWARD, 0, "", "drop"),
         Flow(T_CANARY, 1, "", "drop", CANARY_COOKIE),
     ]
     clash = clashing_vnis(view.tenants)
     vnis = {t.metadata.name: t.spec.vni for t in view.tenants if t.metadata.name not in clash}
-    local = [p for p in view.local if p.tenant in vnis]
+    legs = view.legs
+    local = [p for p in view.local if p.tenant in vnis and p.endpoint not in legs]
     remote = [r for r in view.remote if r.tenant in vnis and view.tunnel_ofport is not None
-              and r.tunnel_ip in view.peers]
+              and r.tunnel_ip in view.peers and r.endpoint not in legs]
     for p in local:
         vni, cookie = vnis[p.tenant], tenant_cookie(vnis[p.tenant])
-        admit = f"set_field:{vni:#x}->reg0,set_field:{LOCAL}->reg1,resubmit(,{T_FORWARD})"
-        flows.append(Flow(T_CLASSIFY, 100, f"in_port={p.ofport},dl_src={p.mac},ip,nw_src={p.ip}", admit, cookie))
+        tag = f"set_field:{vni:#x}->reg0,set_field:{LOCAL}->reg1"
+        flows.append(Flow(T_CLASSIFY, 100, f"in_port={p.ofport},dl_src={p.mac},ip,nw_src={p.ip}",
+                          f"{tag},resubmit(,{T_CHAINS})", cookie))
         flows.append(Flow(T_CLASSIFY, 100, f"in_port={p.ofport},dl_src={p.mac},arp,arp_spa={p.ip},arp_sha={p.mac}",
-                          admit, cookie))
+                          f"{tag},resubmit(,{T_FORWARD})", cookie))
         flows.append(Flow(T_FORWARD, 100, f"reg0={vni:#x},dl_dst={p.mac}", f"output:{p.ofport}", cookie))
         flows.append(_arp_responder(vni, p.mac, p.ip))
+    for p in view.local:  # the functions' legs here: they carry chained frames, in both directions
+        if p.tenant not in vnis or p.endpoint not in legs:
+            continue
+        vni, cookie = vnis[p.tenant], tenant_cookie(vnis[p.tenant])
+        flows.append(Flow(T_CLASSIFY, 100, f"in_port={p.ofport},ip",
+                          f"set_field:{vni:#x}->reg0,set_field:{SFLEG}->reg1,resubmit(,{T_CHAINS})", cookie))
+        flows.append(Flow(T_FORWARD, 120, f"reg0={vni:#x},reg1={TUNNEL},ip,dl_src={leg_tag(p.ip)}",
+                          f"{RESTORE_SOURCE_MAC},output:{p.ofport}", cookie))
     for r in remote:
         vni = vnis[r.tenant]
         assert view.tunnel_ofport is not None

@@ -95,7 +95,8 @@ def test_a_lone_host_without_tunnels_and_unknown_tenants():
     assert not any("tun_" in f.text() for f in flows)
     assert not any(f.cookie == tenant_cookie(5002) for f in flows)  # red is not a tenant here: r1 gets nothing
     empty = compile_tenant_flows(SwitchView())
-    assert [(f.table, f.cookie) for f in empty] == [(0, SHARED_COOKIE), (10, SHARED_COOKIE), (250, CANARY_COOKIE)]
+    assert [(f.table, f.cookie) for f in empty] == [(0, SHARED_COOKIE), (5, SHARED_COOKIE), (5, SHARED_COOKIE),
+                                                 (10, SHARED_COOKIE), (250, CANARY_COOKIE)]
 
 
 def endpoint(name, tenant_name, host):
