@@ -2,6 +2,11 @@
 
   tcp-recv PORT              accept one connection, print "<bytes> <sha256>" at EOF
   tcp-send IP PORT MBYTES    send MBYTES of seeded pseudo-random data, print "<bytes> <sha256>"
+  tcp-echo PORT...           print "listening", then for ever: each connection on any PORT is read
+                             to EOF and answered "<bytes> <sha256>"
+  tcp-flows IP PORT N KB SPORT TIMEOUT
+                             N connections to IP:PORT from source ports SPORT..SPORT+N-1, each sending
+                             KB KiB and reading the answer; print JSON {sport: "ok" or the error}
   udp-recv PORT SECONDS      print JSON {received, corrupt} for datagrams that carry their own digest
   udp-send IP PORT N SIZES.. send N datagrams of those sizes (cycled) with a digest, print N
   raw-udp IP PORT HEXFILE    send each line of HEXFILE (hex) as one datagram from port 0
@@ -172,12 +177,63 @@ def flannel_udp(tun: str, port: int, routes: list[str]) -> None:
             os.write(fd, sock.recv(65535))
 
 
+def tcp_echo(ports: list[int]) -> None:
+    import threading
+
+    def serve(srv: socket.socket) -> None:
+        while True:
+            conn, _ = srv.accept()
+            with conn:
+                h, n = hashlib.sha256(), 0
+                while chunk := conn.recv(65536):
+                    h.update(chunk)
+                    n += len(chunk)
+                conn.sendall(f"{n} {h.hexdigest()}\n".encode())
+
+    for port in ports:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("0.0.0.0", port))
+        srv.listen(64)
+        threading.Thread(target=serve, args=(srv,), daemon=True).start()
+    print("listening", flush=True)
+    threading.Event().wait()
+
+
+def tcp_flows(ip: str, port: int, count: int, kbytes: int, first_sport: int, timeout: float) -> None:
+    data = random.Random(7).randbytes(kbytes * 1024)
+    want = f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+    out: dict[int, str] = {}
+    for sport in range(first_sport, first_sport + count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(timeout)
+        try:
+            s.bind(("0.0.0.0", sport))
+            s.connect((ip, port))
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+            out[sport] = "ok" if got.decode().strip() == want else f"bad answer {got[:80]!r}"
+        except OSError as exc:
+            out[sport] = f"{type(exc).__name__}: {exc}"
+        finally:
+            s.close()
+    print(json.dumps(out), flush=True)
+
+
 def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "tcp-recv":
         tcp_recv(int(args[0]))
     elif cmd == "tcp-send":
         tcp_send(args[0], int(args[1]), int(args[2]))
+    elif cmd == "tcp-echo":
+        tcp_echo([int(a) for a in args])
+    elif cmd == "tcp-flows":
+        tcp_flows(args[0], int(args[1]), int(args[2]), int(args[3]), int(args[4]), float(args[5]))
     elif cmd == "udp-recv":
         udp_recv(int(args[0]), float(args[1]))
     elif cmd == "udp-send":

@@ -16,6 +16,7 @@ port (the "br-phy" pattern: ensure_phy).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -26,7 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from netd.core.flows import FlowDelta, plan_flow_delta
+from netd.core.chains import Group
+from netd.core.flows import FlowDelta, plan_flow_delta, plan_group_delta
 from netd.core.tenants import CANARY_COOKIE, T_CANARY, Flow, is_ours
 from netd.errors import DataplaneError
 
@@ -177,8 +179,10 @@ class OvsSwitch:
             raise DataplaneError(f"ovs-ofctl {cmd} {self.bridge}: {r.stderr.strip() or r.returncode}")
         return r.stdout
 
-    def sync_flows(self, flows: Iterable[Flow]) -> FlowDelta:
-        """Make the bridge hold exactly ``flows`` of netd's: one bundle of what differs."""
+    def sync_flows(self, flows: Iterable[Flow], groups: Iterable[Group] = ()) -> FlowDelta:
+        """Make the bridge hold exactly ``flows`` and ``groups`` of netd's: one bundle (``ovs-ofctl
+        bundle``: flow and group mods, atomic) of what differs, the groups a flow will use added
+        before it, those no flow uses any more deleted after."""
         with tempfile.NamedTemporaryFile("w", prefix="netd-flows-", suffix=".txt") as want:
             want.write("".join(f.text() + "\n" for f in flows))
             want.flush()
@@ -186,12 +190,14 @@ class OvsSwitch:
         delta = plan_flow_delta(diff)
         for conflict in delta.conflicts:
             log.warning("flow not installed: %s", conflict)
-        if delta.commands:
+        before, after = plan_group_delta(self._ofctl("dump-groups"), groups)
+        lines = [*before, *(f"flow {c}" for c in delta.commands), *after]
+        if lines:
             with tempfile.NamedTemporaryFile("w", prefix="netd-bundle-", suffix=".txt") as bundle:
-                bundle.write("\n".join(delta.commands) + "\n")
+                bundle.write("\n".join(lines) + "\n")
                 bundle.flush()
-                self._ofctl("add-flows", bundle.name, opts=("--bundle",))
-        return delta
+                self._ofctl("bundle", bundle.name)
+        return dataclasses.replace(delta, groups_written=len(before) + len(after))
 
     def canary_present(self) -> bool:
         """False once ovs-vswitchd lost its flows (a restart): then everything must be reinstalled."""

@@ -1,6 +1,7 @@
 """Endpoints' veth pairs: the host side becomes a port of the integration bridge, the other side
 goes into the endpoint's target (a named network namespace, or a Docker container's, found through
-the Docker SDK) as ``t-<tenant>`` with the endpoint's MAC, address and (if the tenant has one) a
+the Docker SDK) as ``t-<tenant>`` (or its spec.interface: a service function's two legs) with the
+endpoint's MAC, address and (if the tenant has one) a
 default route via the gateway.
 
 A target that goes away (a container stopped) takes its side of the pair with it, and the kernel
@@ -20,7 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netd.errors import DataplaneError
-from netd.model.specs import EndpointSpec, interface_name
+from netd.model.specs import EndpointSpec
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Wiring:
             ns = os.stat(path).st_ino
         except OSError:
             ns = 0
-        return (f"netd {interface_name(spec.tenant)} {ip}/{subnet.prefixlen} {mac} mtu {mtu} "
+        return (f"netd {spec.inner} {ip}/{subnet.prefixlen} {mac} mtu {mtu} "
                 f"gw {gateway or '-'} netns-inode {ns}")
 
     def wired_as(self, port: str) -> str | None:
@@ -99,7 +100,7 @@ class Wiring:
 
     def wire(self, endpoint: str, spec: EndpointSpec, path: str, mac: str, ip: ipaddress.IPv4Address,
              subnet: ipaddress.IPv4Network, mtu: int, gateway: ipaddress.IPv4Address | None) -> str:
-        port, inner = host_port_name(endpoint), interface_name(spec.tenant)
+        port, inner = host_port_name(endpoint), spec.inner
         tmp = "ndtmp" + port[2:9]
         self.unwire(port)
         try:

@@ -19,24 +19,24 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from netd.adapters.objects import EtcdObjectStore
 from netd.adapters.ovs import OvsSwitch
 from netd.adapters.wiring import Wiring, host_port_name
 from netd.aio import supervise
+from netd.core.chains import ChainState, HopCounter, SwitchProgram, compile_switch
 from netd.core.flows import FlowDelta
 from netd.core.tenants import (
-    Flow,
     LocalPort,
     LocalWant,
     SwitchView,
     clashing_vnis,
-    compile_tenant_flows,
     endpoints_for,
 )
 from netd.errors import CompactedError, DataplaneError, NetdError, RegistryRefused, RegistryUnavailable
@@ -71,6 +71,33 @@ class SwitchMetrics:
                                   "the flows were reinstalled", registry=r)
         self.revision = Gauge("netd_spec_revision", "The etcd revision of the specs last applied to OVS", registry=r)
         self.endpoints = Gauge("netd_endpoints", "This host's endpoints, by state", ["state"], registry=r)
+        self.groups = Gauge("netd_ovs_groups", "netd's select groups on the integration bridge (spread hops)",
+                            registry=r)
+        self.chains = Gauge("netd_chains", "Service chains programmed here, by state (ready, hop_missing, "
+                            "not_classifying)", ["state"], registry=r)
+        #: (chain, hop, function) -> (packets, bytes) out of that function, from its flows' counters
+        self.hops: dict[tuple[str, int, str], tuple[int, int]] = {}
+        r.register(_HopCollector(self))
+
+
+class _HopCollector:
+    """netd_chain_hop_packets_total / _bytes_total from the last sync's read of the flows' own
+    counters (a restarted ovs-vswitchd starts them again from 0: a counter reset)."""
+
+    def __init__(self, metrics: SwitchMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        packets = CounterMetricFamily("netd_chain_hop_packets", "Frames that came out of a service function, "
+                                      "by chain, hop (from 1) and function (on the function's host)",
+                                      labels=["chain", "hop", "sf"])
+        octets = CounterMetricFamily("netd_chain_hop_bytes", "Bytes that came out of a service function",
+                                     labels=["chain", "hop", "sf"])
+        for (chain, hop, sf), (n, b) in sorted(self.metrics.hops.items()):
+            packets.add_metric([chain, str(hop), sf], n)
+            octets.add_metric([chain, str(hop), sf], b)
+        yield packets
+        yield octets
 
 
 @dataclass
@@ -80,6 +107,38 @@ class SwitchStatus:
     endpoints: dict[str, str] = field(default_factory=dict)  # name -> "wired" or why not
     skipped: list[str] = field(default_factory=list)
     error: str | None = None
+    chains: dict[str, str] = field(default_factory=dict)  # name -> ChainState.state
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What one sync reads from etcd."""
+
+    stored: Any  # netd.core.specplan.Stored
+    local: list[LocalWant]
+    remote: list[Any]
+    peers: tuple[ipaddress.IPv4Address, ...]
+    tenants: tuple[Any, ...]
+    skipped: list[str]
+    functions: tuple[Any, ...] = ()
+    chains: tuple[Any, ...] = ()
+    addresses: tuple[tuple[str, ipaddress.IPv4Address], ...] = ()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one sync did to the switch."""
+
+    states: dict[str, str]  # endpoint -> "wired" or why not
+    delta: FlowDelta
+    counts: dict[int, int]  # table -> netd's flows
+    groups: int
+    chains: dict[str, ChainState]
+    hops: dict[tuple[str, int, str], tuple[int, int]]  # (chain, hop, function) -> (packets, bytes)
+
+
+def _state_kind(state: str) -> str:
+    return "ready" if state == "ready" else "hop_missing" if state.startswith("hop missing") else "not_classifying"
 
 
 class SwitchAgent:
@@ -107,6 +166,8 @@ class SwitchAgent:
     def readiness(self) -> tuple[bool, str | None, dict[str, object]]:
         st = self.status
         details: dict[str, object] = {"ovs": st.ovs, "spec_revision": st.revision, "endpoints": dict(st.endpoints)}
+        if st.chains:
+            details["chains"] = dict(st.chains)
         if st.error:
             return False, st.error, details
         failing = {n: s for n, s in st.endpoints.items() if s != "wired"}
@@ -182,7 +243,10 @@ class SwitchAgent:
             try:
                 async for event in self.store.watch_all(revision + 1):
                     revision = max(revision, int(event.kv.mod_revision))
-                    if not self.store.key_of(event).startswith("status/"):
+                    key = self.store.key_of(event)
+                    # hosts' reports of their endpoints wake it too (a function's leg up or down on a
+                    # peer changes the chains); the chain reports, which every sync may rewrite, do not
+                    if not key.startswith("status/") or key.startswith("status/endpoints/"):
                         self.wake()
             except CompactedError:
                 revision = None
@@ -219,15 +283,15 @@ class SwitchAgent:
             log.debug("etcd: %s; applying the specs of revision %d again", exc, self.status.revision)
             inputs = self._last_inputs
         try:
-            await self._sync(*inputs)
+            await self._sync(inputs)
         except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, shown, retried next sync
             log.exception("switch sync failed")
             self.status.ovs, self.status.error = f"error: {exc!r}", f"switch sync: {exc!r}"
 
-    async def _read_inputs(self) -> tuple[Any, list[LocalWant], list[Any], tuple[Any, ...], tuple[Any, ...],
-                                          list[str]]:
+    async def _read_inputs(self) -> Inputs:
         stored, bad = await self.store.read()
         hosts_raw = await self.store.read_prefix("hosts/")
+        reports = await self.store.read_prefix("status/endpoints/")
         for key in bad:
             log.warning("unreadable key %s", key)
         hosts: dict[str, ipaddress.IPv4Address] = {}
@@ -236,24 +300,34 @@ class SwitchAgent:
                 hosts[node] = ipaddress.IPv4Address(json.loads(raw)["tunnel_ip"])
             except (ValueError, KeyError, TypeError):
                 log.warning("unreadable host record hosts/%s", node)
+        reported: dict[str, str] = {}
+        for name, raw in reports.items():
+            try:
+                reported[name] = str(json.loads(raw)["state"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("unreadable endpoint report status/endpoints/%s", name)
         addresses = {name: ip for (_, ip), (name, _) in stored.claims.items()}
         objects = [o for o, _ in stored.objects.values()]
-        local, remote, skipped = endpoints_for(objects, addresses, self.opts.node, hosts, self.opts.default_mtu)
-        peers = tuple(sorted(ip for node, ip in hosts.items() if node != self.opts.node))
+        local, remote, skipped = endpoints_for(objects, addresses, self.opts.node, hosts, self.opts.default_mtu,
+                                               reported)
         tenants = tuple(o for o in objects if o.kind == "TenantNetwork")
-        skipped += sorted(clashing_vnis(tenants).values())
-        return stored, local, remote, peers, tenants, skipped
+        return Inputs(stored, local, remote, tuple(sorted(ip for node, ip in hosts.items() if node != self.opts.node)),
+                      tenants, skipped + sorted(clashing_vnis(tenants).values()),
+                      tuple(sorted((o for o in objects if o.kind == "ServiceFunction"), key=lambda o: o.metadata.name)),
+                      tuple(sorted((o for o in objects if o.kind == "ServiceChain"), key=lambda o: o.metadata.name)),
+                      tuple(sorted(addresses.items())))
 
-    async def _sync(self, stored: Any, local: list[LocalWant], remote: list[Any], peers: tuple[Any, ...],
-                    tenants: tuple[Any, ...], skipped: list[str]) -> None:
+    async def _sync(self, inputs: Inputs) -> None:
+        stored = inputs.stored
         started = time.monotonic()
         try:
-            states, delta, counts = await self._on_pool(self._apply, stored, local, remote, peers, tenants)
+            done = await self._on_pool(self._apply, inputs)
         except (DataplaneError, NetdError) as exc:
             self.metrics.connected.set(0)
             self.status.ovs, self.status.error = f"error: {exc}", f"OVS: {exc}"
             log.warning("switch sync failed: %s", exc)
             return
+        states, delta = done.states, done.delta
         self.metrics.apply_seconds.observe(time.monotonic() - started)
         # counted by the sync that put the canary back, whichever woke it (the canary loop, a watch
         # event or the resync): once per lost flow table
@@ -267,10 +341,12 @@ class SwitchAgent:
             for op, n in (("add", delta.added), ("modify", delta.modified), ("delete", delta.deleted)):
                 if n:
                     self.metrics.changes.labels(op).inc(n)
-            log.info("flows: +%d ~%d -%d (revision %d)", delta.added, delta.modified, delta.deleted, stored.revision)
+            log.info("flows: +%d ~%d -%d, groups written %d (revision %d)", delta.added, delta.modified,
+                     delta.deleted, delta.groups_written, stored.revision)
         self.metrics.flows.clear()
-        for table, n in counts.items():
+        for table, n in done.counts.items():
             self.metrics.flows.labels(str(table)).set(n)
+        self.metrics.groups.set(done.groups)
         self.metrics.endpoints.clear()
         for state in {"wired" if s == "wired" else "not wired" for s in states.values()}:
             self.metrics.endpoints.labels(state).set(sum(1 for s in states.values() if (s == "wired") ==
@@ -278,28 +354,47 @@ class SwitchAgent:
         for name, state in states.items():
             if self.status.endpoints.get(name) != state:
                 (log.info if state == "wired" else log.warning)("endpoint %s: %s", name, state)
+        chains = {name: st.state for name, st in done.chains.items()}
+        for name, state in chains.items():
+            if self.status.chains.get(name) != state:
+                (log.info if state == "ready" else log.warning)("service chain %s: %s", name, state)
+        self.metrics.chains.clear()
+        for kind in {_state_kind(st) for st in chains.values()}:
+            self.metrics.chains.labels(kind).set(sum(1 for st in chains.values() if _state_kind(st) == kind))
+        self.metrics.hops = done.hops
+        skipped = inputs.skipped
         if set(skipped) - set(self.status.skipped):
             for why in sorted(set(skipped) - set(self.status.skipped)):
                 log.info("endpoint not handled here: %s", why)
-        self.status = SwitchStatus("connected", stored.revision, states, skipped)
+        self.status = SwitchStatus("connected", stored.revision, states, skipped, chains=chains)
         self.metrics.revision.set(stored.revision)
         try:
-            await self._publish_statuses(states)
+            await self._publish_statuses(states, done)
         except (RegistryUnavailable, RegistryRefused) as exc:
             log.debug("publishing endpoint status: %s", exc)
 
-    async def _publish_statuses(self, states: dict[str, str]) -> None:
+    async def _publish_statuses(self, states: dict[str, str], done: Applied) -> None:
         items: dict[str, bytes | None] = {f"status/endpoints/{n}": json.dumps(
             {"host": self.opts.node, "state": s}).encode() for n, s in states.items()}
         for key in list(self._published):
             if key.startswith("status/endpoints/") and key not in items:
                 items[key] = None
+        # one key per host for its chains (state, hops up, frames out of each of its functions):
+        # rewritten when that changes, at most once a sync; nothing wakes on it
+        report = {name: {"state": st.state,
+                         "hops": [{"hop": h.index + 1, "functions": list(h.functions), "up": list(h.live)}
+                                  for h in st.hops],
+                         "packets": {f"{hop}/{sf}": n for (c, hop, sf), (n, _) in sorted(done.hops.items())
+                                     if c == name}}
+                  for name, st in sorted(done.chains.items())}
+        items[f"status/chains/{self.opts.node}"] = json.dumps({"host": self.opts.node, "chains": report},
+                                                              sort_keys=True).encode() if report else None
         await self._publish(items)
 
-    def _apply(self, stored: Any, local: list[LocalWant], remote: list[Any], peers: tuple[Any, ...],
-               tenants: tuple[Any, ...]) -> tuple[dict[str, str], FlowDelta, dict[int, int]]:
-        """On the switch thread: bridge, underlay, tunnel, wiring, flows."""
+    def _apply(self, inputs: Inputs) -> Applied:
+        """On the switch thread: bridge, underlay, tunnel, wiring, flows and groups."""
         sw = self.switch
+        stored, local, tenants = inputs.stored, inputs.local, inputs.tenants
         sw.ensure_bridge()
         if self.opts.phy_iface:
             self._ensure_phy()
@@ -340,15 +435,29 @@ class SwitchAgent:
                 continue
             ports.append(LocalPort(w.tenant.metadata.name, name, ofport, w.mac, w.ip))
             states[name] = "wired"
-        view = SwitchView(tenants, tuple(ports), tuple(remote), tunnel, peers)
-        if view != self._compiled[0]:  # compiling 1,000 tenants takes ~0.8 s (bench/flows.py): only on a change
-            self._compiled = (view, compile_tenant_flows(view))
-        flows = self._compiled[1]
-        delta = sw.sync_flows(flows)  # every sync: the bridge is compared with what it must hold
+        view = SwitchView(tenants, tuple(ports), tuple(inputs.remote), tunnel, inputs.peers, inputs.functions,
+                          inputs.chains, inputs.addresses)
+        if view != self._compiled[0]:  # compiling 1,000 tenants takes ~0.6 s (bench/flows.py): only on a change
+            self._compiled = (view, compile_switch(view))
+        prog = self._compiled[1]
+        assert prog is not None
+        delta = sw.sync_flows(prog.flows, prog.groups)  # every sync: the bridge is compared with what it must hold
         counts: dict[int, int] = {}
-        for f in flows:
+        for f in prog.flows:
             counts[f.table] = counts.get(f.table, 0) + 1
-        return states, delta, counts
+        return Applied(states, delta, counts, len(prog.groups), prog.chains.states,
+                       self._hop_counts(prog.chains.counters) if prog.chains.counters else {})
+
+    def _hop_counts(self, counters: dict[int, HopCounter]) -> dict[tuple[str, int, str], tuple[int, int]]:
+        """Frames and bytes out of each function here, per chain and hop: its flows' own counters."""
+        out: dict[tuple[str, int, str], tuple[int, int]] = {}
+        for stat in self.switch.flow_stats():
+            what = counters.get(stat.cookie)
+            if what is not None:
+                key = (what.chain, what.hop, what.sf)
+                n, b = out.get(key, (0, 0))
+                out[key] = (n + stat.packets, b + stat.bytes)
+        return out
 
     def _ensure_phy(self) -> None:
         """The userspace datapath tunnels from an address on an OVS internal port: the underlay
@@ -381,8 +490,8 @@ class SwitchAgent:
         ipr.link("set", index=iface[0], state="up")
 
     _phy_plen: int = 0
-    _compiled: tuple[SwitchView | None, list[Flow]] = (None, [])
-    _last_inputs: tuple[Any, ...] | None = None  # what the last sync read from etcd
+    _compiled: tuple[SwitchView | None, SwitchProgram | None] = (None, None)
+    _last_inputs: Inputs | None = None  # what the last sync read from etcd
 
     def close(self) -> None:
         self.switch.close()

@@ -9,12 +9,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from netd.cli.chains_cmd import add_trace_command, print_chains, print_functions, read_reports, run_trace
 from netd.cli.common import FlagParser, add_flag, arg_type
 from netd.errors import ConfigError, NetdError
 from netd.model.flags import parse_ipv4
 from netd.model.specs import KIND_ALIASES, KINDS, Endpoint, SpecObject, TenantNetwork, to_document
 
-SPEC_COMMANDS = ("validate", "diff", "apply", "delete", "get", "attach", "detach")
+SPEC_COMMANDS = ("validate", "diff", "apply", "delete", "get", "attach", "detach", "trace")
 
 
 def add_spec_commands(p: FlagParser, sub: Any) -> None:
@@ -39,8 +40,9 @@ def add_spec_commands(p: FlagParser, sub: Any) -> None:
     d.add_argument("kind", nargs="?")
     d.add_argument("name", nargs="?")
     d.add_argument("--force", action="store_true", help="a tenant network with endpoints: delete those too")
-    g = sub.add_parser("get", help="list objects: tenants, endpoints")
-    g.add_argument("kind", help="tenants (tenantnetworks) or endpoints")
+    g = sub.add_parser("get", help="list objects: tenants, endpoints, sfs, chains")
+    g.add_argument("kind", help="tenants (tenantnetworks), endpoints, sfs (servicefunctions) or chains "
+                               "(servicechains)")
     g.add_argument("name", nargs="?")
     g.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     a = sub.add_parser("attach", help="create an Endpoint: a container or network namespace on a tenant network")
@@ -53,6 +55,7 @@ def add_spec_commands(p: FlagParser, sub: Any) -> None:
     a.add_argument("--name", help="the endpoint's name (default: HOST-TARGET)")
     t = sub.add_parser("detach", help="delete an Endpoint")
     t.add_argument("name")
+    add_trace_command(sub)
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -109,6 +112,11 @@ async def run_spec_command(args: argparse.Namespace) -> int:
         print(f"{len(objs)} objects valid (checked offline: not against what etcd holds)")
         return 0
     store = _store(args)
+    if args.cmd == "trace":
+        try:
+            return await run_trace(args, store)
+        finally:
+            await store.close()
     try:
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             stored, unreadable = await store.read()
@@ -150,9 +158,11 @@ async def run_spec_command(args: argparse.Namespace) -> int:
                         return 1
                     plan = plan_apply([obj], stored)
                 else:  # get
-                    reports = await _endpoint_reports(store) if _kind(args.kind) == "Endpoint" \
+                    kind = _kind(args.kind)
+                    reports = await _endpoint_reports(store) if kind in ("Endpoint", "ServiceFunction") \
                         else Reports({}, frozenset())
-                    return _get(args, stored, reports)
+                    chains = await read_reports(store, "chains") if kind == "ServiceChain" else {}
+                    return _get(args, stored, reports, chains)
             except SpecFileError as exc:
                 print(exc, file=sys.stderr)
                 return 2
@@ -185,7 +195,7 @@ async def run_spec_command(args: argparse.Namespace) -> int:
 def _kind(text: str) -> str:
     kind = KIND_ALIASES.get(text.lower()) or (text if text in KINDS else None)
     if kind is None:
-        raise ConfigError(f"unknown kind {text!r} (known: tenants, endpoints)", "kind")
+        raise ConfigError(f"unknown kind {text!r} (known: tenants, endpoints, sfs, chains)", "kind")
     return kind
 
 
@@ -215,7 +225,7 @@ async def _endpoint_reports(store: Any) -> Reports:
     return Reports(states, frozenset(await store.read_prefix("hosts/")))
 
 
-def _get(args: argparse.Namespace, stored: Any, reports: Reports) -> int:
+def _get(args: argparse.Namespace, stored: Any, reports: Reports, chain_reports: dict[str, Any]) -> int:
     from netd.core.specplan import endpoint_mac
 
     kind = _kind(args.kind)
@@ -226,6 +236,10 @@ def _get(args: argparse.Namespace, stored: Any, reports: Reports) -> int:
         if not objs:
             print(f"netctl: no {kind} {args.name}", file=sys.stderr)
             return 1
+    if kind == "ServiceChain":
+        return print_chains(args, objs, chain_reports)
+    if kind == "ServiceFunction":
+        return print_functions(args, objs, stored, reports.states)
     rows: list[dict[str, Any]] = []
     for o in objs:
         doc = to_document(o)

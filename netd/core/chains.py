@@ -505,3 +505,43 @@ def trace_packet(world: World, tenant: str, source: str, p: Packet, via: Mapping
     else:
         reach(host, world.endpoints[dest].spec.host, Step("", "output", dest, f"delivered to endpoint {dest}"))
     return Trace(name, way, tuple(steps), st)
+
+
+# -- what the hosts report (netctl get chains) ----------------------------------------------------
+
+@dataclass(frozen=True)
+class ChainSummary:
+    """A chain as the hosts that program it report it."""
+
+    hosts: tuple[str, ...]  # those that program it
+    state: str  # "ready", the hosts' one state, or each host's where they differ
+    hops: tuple[tuple[int, str, bool], ...]  # (hop, function, up on every host that reports it)
+    packets: dict[str, int]  # "hop/function" -> frames out of it (from the function's host)
+
+
+def summarize_chain(name: str, reports: Mapping[str, Any]) -> ChainSummary:
+    """``reports``: host -> its ``status/chains/<host>`` record (decoded JSON: {"chains": {name:
+    {"state", "hops": [{"hop", "functions", "up"}], "packets"}}}); what is malformed is left out."""
+    mine: dict[str, Mapping[str, Any]] = {}
+    for host, report in sorted(reports.items()):
+        entry = report.get("chains", {}).get(name) if isinstance(report, Mapping) else None
+        if isinstance(entry, Mapping):
+            mine[host] = entry
+    if not mine:
+        return ChainSummary((), "no report: no host programs it (no netd with --ovs-bridge has endpoints "
+                                "of its tenant)", (), {})
+    states = {host: str(e.get("state", "?")) for host, e in mine.items()}
+    distinct = set(states.values())
+    state = distinct.pop() if len(distinct) == 1 else "; ".join(f"{h}: {s}" for h, s in states.items())
+    up: dict[tuple[int, str], bool] = {}
+    for e in mine.values():
+        for hop in e.get("hops", []):
+            live = set(hop.get("up", []))
+            for sf in hop.get("functions", []):
+                key = (int(hop.get("hop", 0)), str(sf))
+                up[key] = up.get(key, True) and sf in live
+    packets: dict[str, int] = {}
+    for e in mine.values():
+        for key, n in e.get("packets", {}).items():
+            packets[key] = packets.get(key, 0) + int(n)
+    return ChainSummary(tuple(mine), state, tuple((h, sf, ok) for (h, sf), ok in sorted(up.items())), packets)

@@ -14,8 +14,10 @@ touched, not even one holding a match netd wants (that is reported as a conflict
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from netd.core.chains import Group, is_ours_group
 from netd.core.tenants import CANARY_COOKIE, T_CANARY, is_ours
 
 #: ``[table=T ]priority=P[,MATCH][ cookie=C][ idle_timeout=.. hard_timeout=.. importance=..] actions=A``:
@@ -33,10 +35,12 @@ class FlowDelta:
     conflicts: tuple[str, ...] = ()
     #: the bundle adds the canary back: the bridge had lost netd's flows (ovs-vswitchd restarted)
     restores_canary: bool = False
+    #: select groups added, changed or deleted in the same bundle
+    groups_written: int = 0
 
     @property
     def empty(self) -> bool:
-        return not self.commands
+        return not self.commands and not self.groups_written
 
 
 
@@ -82,3 +86,23 @@ def plan_flow_delta(diff: str) -> FlowDelta:
             commands.append(f"delete_strict {_flow_spec(key)}")
             deleted += 1
     return FlowDelta(tuple(commands), added, modified, deleted, tuple(conflicts), restores_canary)
+
+
+#: ``group_id=N,type=...`` as ovs-ofctl dump-groups prints one (after a header line)
+_GROUP_LINE = re.compile(r"^\s*group_id=(\d+),(.*)$")
+
+
+def plan_group_delta(dump: str, wanted: Iterable[Group]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """From ``ovs-ofctl dump-groups`` to the group mods of one bundle: (those that must come before
+    the flows that use them: add or modify, each as ``group add_or_mod ...``; those that must come
+    after the flows that used them are gone: ``group delete ...``). Only netd's group ids (its
+    range) are ever deleted; a group whose text is as wanted is left alone (its counters too)."""
+    have: dict[int, str] = {}
+    for line in dump.splitlines():
+        m = _GROUP_LINE.match(line)
+        if m:
+            have[int(m.group(1))] = f"group_id={m.group(1)},{m.group(2).strip()}"
+    want = {g.group_id: g.text() for g in wanted}
+    before = tuple(f"group add_or_mod {text}" for gid, text in sorted(want.items()) if have.get(gid) != text)
+    after = tuple(f"group delete group_id={gid}" for gid in sorted(have) if gid not in want and is_ours_group(gid))
+    return before, after

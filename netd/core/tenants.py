@@ -24,7 +24,7 @@ Pipeline (ovs-ofctl syntax; every flow carries a cookie that says it is netd's a
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from netd.core.specplan import endpoint_mac
@@ -98,7 +98,8 @@ def leg_tag(ip: IPv4) -> str:
 
 
 #: a tagged frame's own source MAC back: 0a:58:<its source address>, as admission required it
-RESTORE_SOURCE_MAC = "move:NXM_OF_IP_SRC[]->NXM_OF_ETH_SRC[0..31],load:0xa58->NXM_OF_ETH_SRC[32..47]"
+RESTORE_SOURCE_MAC = ("move:NXM_OF_IP_SRC[]->NXM_OF_ETH_SRC[0..31],"
+                      "set_field:0a:58:00:00:00:00/ff:ff:00:00:00:00->eth_src")
 
 
 @dataclass(frozen=True, order=True)
@@ -219,11 +220,16 @@ class LocalWant:
 
 
 def endpoints_for(objects: Iterable[object], addresses: dict[str, IPv4], node: str, hosts: dict[str, IPv4],
-                  default_mtu: int) -> tuple[list[LocalWant], list[RemoteEndpoint], list[str]]:
+                  default_mtu: int, reported: Mapping[str, str] | None = None,
+                  ) -> tuple[list[LocalWant], list[RemoteEndpoint], list[str]]:
     """Split the stored endpoints: those of this node (to wire), the others' on live hosts (to
-    reach through their tunnel address), and why the rest are left out."""
+    reach through their tunnel address), and why the rest are left out. A service function's leg
+    on another host counts only while that host reports it wired (``reported``: endpoint -> its
+    host's report): a function is up, for a chain, when both its legs are."""
     objs = list(objects)
     tenants = {o.metadata.name: o for o in objs if isinstance(o, TenantNetwork)}
+    legs = {n for o in objs if isinstance(o, ServiceFunction) for n in (o.spec.ingress, o.spec.egress)}
+    reported = reported or {}
     local: list[LocalWant] = []
     remote: list[RemoteEndpoint] = []
     skipped: list[str] = []
@@ -234,6 +240,9 @@ def endpoints_for(objects: Iterable[object], addresses: dict[str, IPv4], node: s
         elif ep.spec.host == node:
             gateway = tenant.spec.gateway if tenant.spec.gateway != ip else None
             local.append(LocalWant(name, tenant, ip, endpoint_mac(ip), tenant.spec.mtu or default_mtu, gateway))
+        elif ep.spec.host in hosts and name in legs and reported.get(name) != "wired":
+            skipped.append(f"{name}: a service function's leg that host {ep.spec.host} does not report wired "
+                           f"({reported.get(name, 'no report')})")
         elif ep.spec.host in hosts:
             remote.append(RemoteEndpoint(ep.spec.tenant, name, endpoint_mac(ip), ip, hosts[ep.spec.host]))
         else:

@@ -98,3 +98,32 @@ def test_tunnel_port_and_errors_are_clear(ns, ovs):
     assert 'dst_port="4789"' in server.vsctl("list", "interface", TUNNEL_PORT)
     with pytest.raises(DataplaneError, match="cannot reach OVSDB"):
         OvsSwitch("/nonexistent", timeout=1).ensure_bridge()
+
+
+def test_chain_groups_and_flows_go_in_one_bundle_and_a_resync_writes_nothing(ns, ovs):
+    """The chain scenario of tests/unit/test_chains.py as host 1 sees it (a select group for the
+    spread hop's replies): written once, then nothing differs; a group no longer wanted is deleted
+    with its flows, and someone else's group is never touched."""
+    from netd.core.chains import compile_switch
+    from tests.unit.test_chains import WEB, obj
+    from tests.unit.test_chains import view as chain_view
+
+    server, sw = ovs
+    sw.ensure_bridge()
+    server.ofctl("ndtint", "add-group", "group_id=7,type=select,bucket=actions=drop")
+    prog = compile_switch(chain_view(1))
+    assert prog.groups, "the scenario has a spread hop"
+    first = sw.sync_flows(prog.flows, prog.groups)
+    assert first.groups_written == len(prog.groups) and first.added == len(prog.flows)
+    dumped = server.ofctl("ndtint", "dump-groups")
+    assert all(f"group_id={g.group_id}," in dumped for g in prog.groups) and "group_id=7," in dumped
+    again = sw.sync_flows(prog.flows, prog.groups)
+    assert again.empty and again.groups_written == 0  # OVS prints groups as netd writes them
+    one = obj("ServiceChain", "web", {**WEB.model_dump(mode="json")["spec"], "hops": ["fw", "mon"]})
+    narrower = compile_switch(chain_view(1, chains=(one,)))
+    assert not narrower.groups
+    third = sw.sync_flows(narrower.flows, narrower.groups)
+    assert third.groups_written == len(prog.groups)
+    dumped = server.ofctl("ndtint", "dump-groups")
+    assert "group_id=7," in dumped and not any(f"group_id={g.group_id}," in dumped for g in prog.groups)
+    assert sw.sync_flows(narrower.flows, narrower.groups).empty

@@ -30,7 +30,7 @@ from netd.core.chains import (
     port_masks,
     trace_packet,
 )
-from netd.core.tenants import LocalPort, RemoteEndpoint, SwitchView, is_ours, leg_tag
+from netd.core.tenants import RESTORE_SOURCE_MAC, LocalPort, RemoteEndpoint, SwitchView, is_ours, leg_tag
 from netd.model.specs import Classifier, parse_object
 from tests.unit.test_tenant_flows import check_golden
 
@@ -248,7 +248,9 @@ def test_tunnelled_frames_to_a_leg_carry_its_tag_and_have_their_source_mac_resto
     fw_in = next(p for p in view(2).local if p.endpoint == "fw-in")
     (rx,) = [f for f in h2.flows if f"dl_src={leg_tag(fw_in.ip)}" in f.match]
     assert rx.table == 10 and "reg1=2" in rx.match and rx.actions.endswith(f"output:{fw_in.ofport}")
-    assert rx.actions.startswith("move:NXM_OF_IP_SRC[]->NXM_OF_ETH_SRC[0..31],load:0xa58->NXM_OF_ETH_SRC[32..47]")
+    assert rx.actions.startswith(RESTORE_SOURCE_MAC)
+    assert RESTORE_SOURCE_MAC == ("move:NXM_OF_IP_SRC[]->NXM_OF_ETH_SRC[0..31],"
+                                  "set_field:0a:58:00:00:00:00/ff:ff:00:00:00:00->eth_src")
 
 
 def test_a_spread_hop_is_one_select_group_each_way_with_the_same_buckets_in_the_same_order():
@@ -356,3 +358,17 @@ def test_classify_takes_the_highest_priority_and_traffic_before_replies():
     assert classify(w, "blue", Packet(A("10.30.0.11"), A("10.30.0.12"), "tcp", 1, 80))[0] is top
     assert classify(w, "blue", Packet(A("10.30.0.11"), A("10.30.0.12"), "tcp", 1, 81)) == (wide, True)
     assert classify(w, "blue", Packet(A("10.30.0.11"), A("10.30.0.12"), "udp", 1, 81)) == (None, True)
+
+
+def test_a_remote_leg_counts_only_while_its_host_reports_it_wired():
+    from netd.core.tenants import endpoints_for
+
+    objects = [BLUE, *ENDPOINTS.values(), *FUNCS.values()]
+    hosts = {"h2": H[2], "h3": H[3]}
+    reported = {"fw-in": "wired", "fw-out": "target gone: netns fw-out does not exist",
+                "mon-in": "wired", "mon-out": "wired"}
+    local, remote, skipped = endpoints_for(objects, ADDRESSES, "h1", hosts, 1450, reported)
+    assert {w.endpoint for w in local} == {"client", "server", "mon2-in", "mon2-out"}  # ours: wired here, not asked
+    assert {r.endpoint for r in remote} == {"other", "fw-in", "mon-in", "mon-out"}  # non-legs whatever the report
+    assert [s.split(":")[0] for s in skipped] == ["fw-out"]
+    assert "does not report wired (target gone" in skipped[0]
