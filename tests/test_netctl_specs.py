@@ -105,6 +105,57 @@ BAD = {
         spec: {tenant: blue, host: h1, netns: web2, ip: 10.20.0.9}
         """, [":4: document 1 (Endpoint web1): spec.ip: 10.20.0.9 is also endpoint web2's in tenant blue",
               ":9: document 2 (Endpoint web2): spec.ip: 10.20.0.9 is also endpoint web1's in tenant blue"]),
+    "chain schema": ("""\
+        apiVersion: netd/v1
+        kind: ServiceChain
+        metadata: {name: web}
+        spec:
+          tenant: blue
+          classifier: {protocol: icmp, destinationPorts: [80]}
+          hops: [fw]
+          onHopDown: ignore
+        """, [":6: document 1 (ServiceChain web): spec.classifier: ports need protocol tcp or udp",
+              ":8: document 1 (ServiceChain web): spec.onHopDown: Input should be 'drop' or 'bypass'"]),
+    "chain reference": ("""\
+        apiVersion: netd/v1
+        kind: ServiceChain
+        metadata: {name: web}
+        spec:
+          tenant: blue
+          classifier: {protocol: tcp, destination: 10.21.0.0/24}
+          hops: [fw, [mon-a, mon-b]]
+        """, [":7: document 1 (ServiceChain web): spec.hops.0.0: no ServiceFunction 'fw' (neither in these files "
+              "nor stored)", ":7: document 1 (ServiceChain web): spec.hops.1.1: no ServiceFunction 'mon-b'",
+              ":6: document 1 (ServiceChain web): spec.classifier.destination: 10.21.0.0/24 is not inside tenant "
+              "blue's subnet 10.20.0.0/24"]),
+    "ambiguous chains": ("""\
+        apiVersion: netd/v1
+        kind: Endpoint
+        metadata: {name: fw-in}
+        spec: {tenant: blue, host: h1, netns: fw, interface: in0}
+        ---
+        apiVersion: netd/v1
+        kind: Endpoint
+        metadata: {name: fw-out}
+        spec: {tenant: blue, host: h1, netns: fw, interface: out0}
+        ---
+        apiVersion: netd/v1
+        kind: ServiceFunction
+        metadata: {name: fw}
+        spec: {tenant: blue, ingress: fw-in, egress: fw-out}
+        ---
+        apiVersion: netd/v1
+        kind: ServiceChain
+        metadata: {name: web}
+        spec: {tenant: blue, classifier: {protocol: tcp, destinationPorts: [80]}, hops: [fw]}
+        ---
+        apiVersion: netd/v1
+        kind: ServiceChain
+        metadata: {name: all-tcp}
+        spec: {tenant: blue, classifier: {protocol: tcp}, hops: [fw]}
+        """, [":19: document 4 (ServiceChain web): spec.classifier: its traffic is also chain all-tcp's traffic at "
+              "priority 0: give one a higher spec.priority",
+              ":24: document 5 (ServiceChain all-tcp): spec.classifier: its traffic is also chain web's traffic"]),
     "syntax": ("""\
         apiVersion: netd/v1
         kind: TenantNetwork

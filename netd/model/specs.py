@@ -564,7 +564,7 @@ def _chains_meet(a: ServiceChain, b: ServiceChain, endpoints: Mapping[str, Endpo
     for ca, wa in ways:
         for cb, wb in theirs:
             if classifiers_meet(ca, cb, endpoints):
-                return f"its {wa} is also chain @'s {wb}"
+                return f"its {wa} {'are' if wa == 'replies' else 'is'} also chain @'s {wb}"
     return ""
 
 
