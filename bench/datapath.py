@@ -45,11 +45,11 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
-def iperf(client: Container, server: Container, seconds: float, udp: bool) -> dict:
-    srv = subprocess.Popen(in_ns(server.name, "iperf3", "-s", "-1", "-J"), stdout=subprocess.PIPE,
+def iperf(client: Container, server: Container, seconds: float, udp: bool, port: int = 5201) -> dict:
+    srv = subprocess.Popen(in_ns(server.name, "iperf3", "-s", "-1", "-J", "-p", str(port)), stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True)
     time.sleep(0.3)
-    args = ["iperf3", "-c", str(server.ip), "-t", str(seconds), "-J"]
+    args = ["iperf3", "-c", str(server.ip), "-t", str(seconds), "-J", "-p", str(port)]
     if udp:
         args += ["-u", "-b", "0", "-l", "64"]
     cli = subprocess.run(in_ns(client.name, *args), capture_output=True, text=True, timeout=seconds + 30)

@@ -308,7 +308,8 @@ def compile_chains(view: SwitchView) -> ChainProgram:
     functions = {f.metadata.name: f for f in view.functions}
     legs = leg_places(view)
     addresses = dict(view.addresses)
-    origins = {p.tenant for p in view.local if p.endpoint not in view.legs}
+    leg_names = view.legs
+    origins = {p.tenant for p in view.local if p.endpoint not in leg_names}
     wanted_groups: dict[str, tuple[str, ...]] = {}
 
     def up(sf: str) -> bool:
