@@ -20,7 +20,7 @@ from integration.tenants import apply_specs, wait_wired
 TENANT, VNI, SUBNET = "web", 6001, "10.30.0"
 
 #: nftables inside each kind of function (bridge family: it sees what the function forwards)
-FIREWALL = """table bridge sf {
+FIREWALL_RULES = """table bridge sf {
   counter through { }
   counter back { }
   counter blocked { }
@@ -32,7 +32,7 @@ FIREWALL = """table bridge sf {
   }
 }
 """
-MONITOR = """table bridge sf {
+MONITOR_RULES = """table bridge sf {
   counter through { }
   counter back { }
   counter unmarked { }
@@ -49,7 +49,7 @@ MONITOR = """table bridge sf {
 }
 """
 #: on the chain's two ends (inet family, input): what arrived, and what arrived with the last mark
-SERVER_END = """table inet end {
+SERVER_END_RULES = """table inet end {
   counter arrived { }
   counter marked { }
   chain input {
@@ -59,7 +59,7 @@ SERVER_END = """table inet end {
   }
 }
 """
-CLIENT_END = """table inet end {
+CLIENT_END_RULES = """table inet end {
   counter arrived { }
   counter marked { }
   chain input {
@@ -69,6 +69,18 @@ CLIENT_END = """table inet end {
   }
 }
 """
+
+
+def firewall(port: int = 80) -> str:
+    """Drops port+1, marks the chain's traffic to ``port`` cs1 and turns the monitor's cs2 on its replies into cs4."""
+    return FIREWALL_RULES.replace("dport 81", f"dport {port + 1}").replace("port 80", f"port {port}")
+
+
+def monitor(port: int = 80) -> str:
+    return MONITOR_RULES.replace("port 80", f"port {port}")
+
+
+FIREWALL, MONITOR = firewall(), monitor()
 
 
 def ns_name(c: ClusterBase, name: str) -> str:
@@ -113,7 +125,8 @@ def chain_doc(name: str, hops: list, classifier: dict, symmetric: bool = True, o
     return f"---\napiVersion: netd/v1\nkind: ServiceChain\nmetadata: {{name: {name}}}\nspec: {json.dumps(spec)}\n"
 
 
-def setup(c: ClusterBase, ends: dict[str, tuple[int, int]], sfs: list[Sf], chains: str = "") -> None:
+def setup(c: ClusterBase, ends: dict[str, tuple[int, int]], sfs: list[Sf], chains: str = "",
+          timeout: float = 60) -> None:
     """Namespaces for the ends (name -> (host, address's last byte)) and the functions, one apply
     of the tenant, their endpoints, the functions and ``chains``; then, once wired, each function
     bridges its legs and loads its rules, and the ends get their counters."""
@@ -124,7 +137,7 @@ def setup(c: ClusterBase, ends: dict[str, tuple[int, int]], sfs: list[Sf], chain
     docs = tenant_doc() + "".join(endpoint_doc(c, n, h, ip(last), ns_name(c, n)) for n, (h, last) in ends.items())
     docs += "".join(s.docs(c) for s in sfs) + chains
     apply_specs(c, docs, "chain.yaml")
-    wait_wired(c, *ends, *(f"{s.name}-{leg}" for s in sfs for leg in ("in", "out")), timeout=60)
+    wait_wired(c, *ends, *(f"{s.name}-{leg}" for s in sfs for leg in ("in", "out")), timeout=timeout)
     for s in sfs:
         ns = ns_name(c, s.name)
         c.script(s.host, f"ip netns exec {ns} sh -ec 'ip link add br0 type bridge; ip link set in0 master br0; "
@@ -133,8 +146,9 @@ def setup(c: ClusterBase, ends: dict[str, tuple[int, int]], sfs: list[Sf], chain
         assert counters(c, s.host, s.name), f"nftables rules not loaded in function {s.name}"
 
 
-def load_ends(c: ClusterBase, server: tuple[int, str], client: tuple[int, str]) -> None:
-    for (host, name), rules in ((server, SERVER_END), (client, CLIENT_END)):
+def load_ends(c: ClusterBase, server: tuple[int, str], client: tuple[int, str], port: int = 80) -> None:
+    for (host, name), rules in ((server, SERVER_END_RULES), (client, CLIENT_END_RULES)):
+        rules = rules.replace("port 80", f"port {port}")
         c.script(host, f"ip netns exec {ns_name(c, name)} nft -f - <<'EOF'\n{rules}EOF\n")
         assert set(counters(c, host, name)) == {"arrived", "marked"}, f"nftables rules not loaded in {name}"
 

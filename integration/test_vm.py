@@ -6,6 +6,7 @@ on node 1; on namespace hosts the same checks run against netd processes in name
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -129,6 +130,57 @@ def test_two_tenants_with_one_subnet_stay_apart_across_hosts(cluster):
         assert "load:0x138a->NXM_NX_TUN_ID[]" in to_red2()
     finally:
         remove_all(c, boxes, ("blue", "red"))
+
+
+@pytest.mark.timeout(600)
+def test_a_two_hop_chain_across_the_hosts(cluster):
+    """A symmetric chain client(1) -> firewall(2) -> monitor(1) -> server(2): 5 MiB of TCP intact,
+    every packet and reply marked by both functions in order (integration.chains), each hop counted
+    by its host, and netctl trace saying the same path. On the VMs: the kernel datapath."""
+    from integration.chains import (
+        Sf,
+        chain_doc,
+        counters,
+        firewall,
+        ip,
+        load_ends,
+        monitor,
+        ns_name,
+        setup,
+        wait_chain_state,
+    )
+
+    c = cluster
+    if not ON_VMS:
+        from integration.conftest import _require
+
+        _require(getattr(c, "ovs", False), "Open vSwitch not installed (apt-get install openvswitch-switch)")
+    c.wait_ready(timeout=120)
+    port = 5001  # integration/tools.py tcp-recv's
+    ends = {"client": (1, 11), "server": (2, 12)}
+    sfs = [Sf("fw", 2, ip(21), ip(22), firewall(port)), Sf("mon", 1, ip(31), ip(32), monitor(port))]
+    classifier = {"source": "client", "destination": "server", "protocol": "tcp", "destinationPorts": [port]}
+    try:
+        setup(c, ends, sfs, chain_doc("web", ["fw", "mon"], classifier), timeout=180 if ON_VMS else 60)
+        wait_chain_state(c, "web", "ready", timeout=120 if ON_VMS else 30)
+        load_ends(c, (2, "server"), (1, "client"), port)
+        client, server = (Container(ns_name(c, n), h, ipaddress.IPv4Address(ip(last))) for n, (h, last) in ends.items())
+        tcp_between(c, client, server, 5)
+        got = {n: counters(c, h, n) for n, h in (("server", 2), ("client", 1))}
+        assert got["server"]["arrived"] > 0 and got["server"]["marked"] == got["server"]["arrived"], got
+        assert got["client"]["arrived"] > 0 and got["client"]["marked"] == got["client"]["arrived"], got
+        wait_for(lambda: all(v > 0 for v in wait_chain_state(c, "web", "ready")["status"]["packets"].values()), 30,
+                 lambda: wait_chain_state(c, "web", "ready")["status"])
+        trace = json.loads(c.netctl(1, "trace", "--tenant", "web", "--from", "client", "--to", ip(12), "--proto",
+                                    "tcp", "--dport", str(port), "-o", "json").stdout)
+        names = {c.node_name(i): i for i in (1, 2)}
+        assert [(names[s["host"]], s["action"], s["target"]) for s in trace["steps"]] == [
+            (1, "tunnel", c.node_name(2)), (2, "output", "fw-in"), (2, "tunnel", c.node_name(1)),
+            (1, "output", "mon-in"), (1, "tunnel", c.node_name(2)), (2, "output", "server")], trace
+    finally:
+        c.netctl(1, "delete", "TenantNetwork", "web", "--force", check=False)
+        for name, host in (("client", 1), ("server", 2), ("fw", 2), ("mon", 1)):
+            c.script(host, f"ip netns del {ns_name(c, name)} 2>/dev/null || true")
 
 
 def test_restarting_netd_keeps_the_subnet(cluster):
