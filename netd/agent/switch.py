@@ -33,6 +33,7 @@ from netd.aio import supervise
 from netd.core.chains import ChainState, HopCounter, SwitchProgram, compile_switch
 from netd.core.flows import FlowDelta
 from netd.core.tenants import (
+    T_CHAINS,
     LocalPort,
     LocalWant,
     SwitchView,
@@ -56,6 +57,9 @@ class SwitchOptions:
     canary_interval: float = 0.5
     host_ttl: int = 30
     default_mtu: int = 1450
+    #: a host's chain report is rewritten at once when a chain's state or hops change, and for new
+    #: packet counts at most this often (the counts are live on /metrics)
+    report_interval: float = 30.0
 
 
 class SwitchMetrics:
@@ -379,17 +383,23 @@ class SwitchAgent:
         for key in list(self._published):
             if key.startswith("status/endpoints/") and key not in items:
                 items[key] = None
-        # one key per host for its chains (state, hops up, frames out of each of its functions):
-        # rewritten when that changes, at most once a sync; nothing wakes on it
-        report = {name: {"state": st.state,
-                         "hops": [{"hop": h.index + 1, "functions": list(h.functions), "up": list(h.live)}
-                                  for h in st.hops],
-                         "packets": {f"{hop}/{sf}": n for (c, hop, sf), (n, _) in sorted(done.hops.items())
-                                     if c == name}}
-                  for name, st in sorted(done.chains.items())}
-        items[f"status/chains/{self.opts.node}"] = json.dumps({"host": self.opts.node, "chains": report},
-                                                              sort_keys=True).encode() if report else None
-        await self._publish(items)
+        # one key per host for the chains it programs (state, hops up, frames out of each of its
+        # functions): rewritten at once when a state or hop changes, for new counts at most every
+        # report_interval; nothing wakes on it
+        shape = {name: {"state": st.state,
+                        "hops": [{"hop": h.index + 1, "functions": list(h.functions), "up": list(h.live)}
+                                 for h in st.hops]} for name, st in sorted(done.chains.items())}
+        now = time.monotonic()
+        if shape != self._chain_shape or now - self._chain_report_at >= self.opts.report_interval:
+            report = {name: {**entry, "packets": {f"{hop}/{sf}": n for (c, hop, sf), (n, _) in
+                                                  sorted(done.hops.items()) if c == name}}
+                      for name, entry in shape.items()}
+            items[f"status/chains/{self.opts.node}"] = json.dumps({"host": self.opts.node, "chains": report},
+                                                                  sort_keys=True).encode() if report else None
+            await self._publish(items)
+            self._chain_shape, self._chain_report_at = shape, now  # (once it is written)
+        else:
+            await self._publish(items)
 
     def _apply(self, inputs: Inputs) -> Applied:
         """On the switch thread: bridge, underlay, tunnel, wiring, flows and groups."""
@@ -451,7 +461,7 @@ class SwitchAgent:
     def _hop_counts(self, counters: dict[int, HopCounter]) -> dict[tuple[str, int, str], tuple[int, int]]:
         """Frames and bytes out of each function here, per chain and hop: its flows' own counters."""
         out: dict[tuple[str, int, str], tuple[int, int]] = {}
-        for stat in self.switch.flow_stats():
+        for stat in self.switch.flow_stats(T_CHAINS):
             what = counters.get(stat.cookie)
             if what is not None:
                 key = (what.chain, what.hop, what.sf)
@@ -490,6 +500,8 @@ class SwitchAgent:
         ipr.link("set", index=iface[0], state="up")
 
     _phy_plen: int = 0
+    _chain_shape: dict[str, Any] | None = None  # the chains' states and hops last reported
+    _chain_report_at: float = 0.0
     _compiled: tuple[SwitchView | None, SwitchProgram | None] = (None, None)
     _last_inputs: Inputs | None = None  # what the last sync read from etcd
 

@@ -170,7 +170,8 @@ def make_switch(args: argparse.Namespace, underlay: Underlay, metrics: Any) -> A
     node = args.node_name or socket.gethostname().split(".")[0]
     options = SwitchOptions(node=node, tunnel_ip=ipaddress.IPv4Address(args.tunnel_ip or underlay.address),
                             datapath=args.ovs_datapath, phy_iface=args.ovs_phy_iface,
-                            resync_interval=args.resync_interval, default_mtu=underlay.mtu - 50)
+                            resync_interval=args.resync_interval, default_mtu=underlay.mtu - 50,
+                            report_interval=max(5.0, 6 * args.resync_interval))
     log.info("tenant networks on OVS bridge %s (%s datapath), node %s, tunnels from %s", args.ovs_bridge,
              args.ovs_datapath, node, options.tunnel_ip)
     return SwitchAgent(store, OvsSwitch(args.ovs_rundir, args.ovs_bridge, args.ovs_datapath),

@@ -130,7 +130,11 @@ async def run_trace(args: argparse.Namespace, store: Any) -> int:
     ports = args.proto in ("tcp", "udp")
     packet = Packet(addresses[args.source], ipaddress.IPv4Address(args.dest), args.proto,
                     (args.sport or 40000) if ports else None, args.dport if ports else None)
-    trace = trace_packet(world, args.tenant, args.source, packet, via)
+    try:
+        trace = trace_packet(world, args.tenant, args.source, packet, via)
+    except ValueError as exc:
+        print(f"netctl: trace: {exc}", file=sys.stderr)
+        return 2
     if args.output == "json":
         print(json.dumps({"tenant": args.tenant, "packet": {"src": str(packet.src), "dst": str(packet.dst),
                                                             "proto": packet.proto, "sport": packet.sport,

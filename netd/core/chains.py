@@ -60,10 +60,20 @@ GROUP_BASE, GROUP_MASK = 0x4E000000, 0x00FFFFFF
 DELIVER, DROP = "deliver", "drop"
 
 
-def chain_cookie(chain: str, hop: int | None = None, sf_index: int = 0) -> int:
+CHAIN_ID_MASK = 0x3FFFFF  # 22 bits
+
+
+def chain_ids(names: Iterable[str]) -> dict[str, int]:
+    """A 22-bit id for each chain, for its cookies: from a CRC of its name, so a chain keeps its id
+    whatever else changes; a clash takes the next free id, in the names' order (two chains never
+    share one: their counters would mix)."""
+    return _hashed_ids(names, CHAIN_ID_MASK)
+
+
+def chain_cookie(chain_id: int, hop: int | None = None, sf_index: int = 0) -> int:
     """The cookie of a chain's flows; with ``hop``, of the flows out of that hop's function number
     ``sf_index`` (whose counters are the hop's)."""
-    low = CHAIN_BIT | (zlib.crc32(chain.encode()) & 0x3FFFFF) << 9
+    low = CHAIN_BIT | chain_id << 9
     if hop is not None:
         low |= (hop + 1) << 4 | sf_index
     return SHARED_COOKIE | low
@@ -124,12 +134,9 @@ class Packet:
 
     src: IPv4
     dst: IPv4
-    proto: str = "icmp"  # tcp, udp, icmp, or a protocol number
+    proto: str = "icmp"  # tcp, udp, icmp
     sport: int | None = None
     dport: int | None = None
-
-    def reversed(self) -> Packet:
-        return Packet(self.dst, self.src, self.proto, self.dport, self.sport)
 
 
 def classifier_takes(c: Classifier, addresses: Mapping[str, IPv4], p: Packet) -> bool:
@@ -234,11 +241,14 @@ class LegPlace:
 @dataclass(frozen=True, order=True)
 class Group:
     group_id: int
-    buckets: tuple[str, ...]  # each one's actions, bucket_id = its index
+    #: (bucket_id, actions): the id is the function's place in the hop as the spec lists it, so a
+    #: function down or back does not renumber the others (OVS's hash scores buckets by id: flows on
+    #: a function that stays up stay on it)
+    buckets: tuple[tuple[int, str], ...]
 
     def text(self) -> str:
         """As ovs-ofctl reads it (and dump-groups prints it)."""
-        buckets = ",".join(f"bucket=bucket_id:{i},actions={a}" for i, a in enumerate(self.buckets))
+        buckets = ",".join(f"bucket=bucket_id:{i},actions={a}" for i, a in self.buckets)
         return f"group_id={self.group_id},type=select,selection_method=hash,{buckets}"
 
 
@@ -269,18 +279,22 @@ def _to_leg(vni: int, place: LegPlace, tunnel_ofport: int | None) -> str:
             f"set_field:{place.tunnel_ip}->tun_dst,output:{tunnel_ofport}")
 
 
-def group_ids(keys: Iterable[str]) -> dict[str, int]:
-    """A group id for each key (``chain/hop/way``): from a hash of the key, so a chain keeps its
-    ids whatever else changes; a clash takes the next free id, in the keys' order."""
+def _hashed_ids(keys: Iterable[str], mask: int) -> dict[str, int]:
     out: dict[str, int] = {}
     taken: set[int] = set()
     for key in sorted(set(keys)):
-        gid = zlib.crc32(key.encode()) & GROUP_MASK
-        while gid in taken:
-            gid = (gid + 1) & GROUP_MASK
-        taken.add(gid)
-        out[key] = GROUP_BASE | gid
+        n = zlib.crc32(key.encode()) & mask
+        while n in taken:
+            n = (n + 1) & mask
+        taken.add(n)
+        out[key] = n
     return out
+
+
+def group_ids(keys: Iterable[str]) -> dict[str, int]:
+    """A group id for each key (``chain/hop/way``): from a hash of the key, so a chain keeps its
+    ids whatever else changes; a clash takes the next free id, in the keys' order."""
+    return {k: GROUP_BASE | n for k, n in _hashed_ids(keys, GROUP_MASK).items()}
 
 
 def is_ours_group(group_id: int) -> bool:
@@ -310,7 +324,10 @@ def compile_chains(view: SwitchView) -> ChainProgram:
     addresses = dict(view.addresses)
     leg_names = view.legs
     origins = {p.tenant for p in view.local if p.endpoint not in leg_names}
-    wanted_groups: dict[str, tuple[str, ...]] = {}
+    wanted_groups: dict[str, tuple[tuple[int, str], ...]] = {}
+    here = {p.tenant for p in view.local}  # a host programs the chains of the tenants it has ports of
+    relevant = [c for c in view.chains if c.spec.tenant in here and c.spec.tenant in vnis]
+    ids = chain_ids(c.metadata.name for c in relevant)
 
     def up(sf: str) -> bool:
         f = functions.get(sf)
@@ -322,19 +339,18 @@ def compile_chains(view: SwitchView) -> ChainProgram:
         if stop == DROP:
             return "drop"
         assert isinstance(stop, int)
-        entries = [legs[functions[sf].spec.ingress if forward else functions[sf].spec.egress]
-                   for sf in state.hops[stop].live]
-        actions = tuple(_to_leg(state.vni, leg, view.tunnel_ofport) for leg in entries)
-        if len(actions) == 1:
-            return actions[0]
+        hop = state.hops[stop]
+        buckets = tuple((i, _to_leg(state.vni, legs[functions[sf].spec.ingress if forward
+                                                     else functions[sf].spec.egress], view.tunnel_ofport))
+                        for i, sf in enumerate(hop.functions) if sf in hop.live)
+        if len(buckets) == 1:
+            return buckets[0][1]
         key = f"{state.name}/{stop}/{'fwd' if forward else 'rev'}"
-        wanted_groups[key] = actions
+        wanted_groups[key] = buckets
         return f"group:{{{key}}}"  # the id is filled in once every group is known
 
-    for chain in sorted(view.chains, key=lambda c: c.metadata.name):
+    for chain in sorted(relevant, key=lambda c: c.metadata.name):
         tenant, name = chain.spec.tenant, chain.metadata.name
-        if tenant not in vnis:
-            continue
         vni = vnis[tenant]
         state = plan_chain(chain, vni, up, addresses)
         prog.states[name] = state
@@ -348,8 +364,8 @@ def compile_chains(view: SwitchView) -> ChainProgram:
             prio = chain_priority(chain, forward)
             if tenant in origins:
                 action = steer(state, forward, next_stop(state, forward, None))
-                prog.flows += [Flow(T_CHAINS, prio, f"reg0={vni:#x},reg1={LOCAL},{m}", action, chain_cookie(name))
-                               for m in matches]
+                prog.flows += [Flow(T_CHAINS, prio, f"reg0={vni:#x},reg1={LOCAL},{m}", action,
+                                    chain_cookie(ids[name])) for m in matches]
             for hop in state.hops:
                 for i, sf in enumerate(hop.functions):
                     if sf not in hop.live:
@@ -359,13 +375,13 @@ def compile_chains(view: SwitchView) -> ChainProgram:
                     if exit_leg.ofport is None:
                         continue  # that function runs on another host: its frames come back out there
                     action = steer(state, forward, next_stop(state, forward, hop.index))
-                    cookie = chain_cookie(name, hop.index, i)
+                    cookie = chain_cookie(ids[name], hop.index, i)
                     prog.counters[cookie] = HopCounter(name, hop.index + 1, sf)
                     prog.flows += [Flow(T_CHAINS, prio, f"reg0={vni:#x},reg1={SFLEG},in_port={exit_leg.ofport},{m}",
                                         action, cookie) for m in matches]
-    ids = group_ids(wanted_groups)
-    prog.groups = sorted(Group(ids[k], b) for k, b in wanted_groups.items())
-    prog.flows = [_fill_group(f, ids) for f in prog.flows]
+    gids = group_ids(wanted_groups)
+    prog.groups = sorted(Group(gids[k], b) for k, b in wanted_groups.items())
+    prog.flows = [_fill_group(f, gids) for f in prog.flows]
     return prog
 
 
@@ -460,6 +476,9 @@ def trace_packet(world: World, tenant: str, source: str, p: Packet, via: Mapping
     if source in legs:
         return Trace("", True, (Step(host, "drop", note=f"{source} is a service function's leg: it sends "
                                                           "nothing of its own"),))
+    if host not in world.hosts or source not in world.wired:
+        why = f"its host {host} is not up" if host not in world.hosts else "its host does not report it wired"
+        return Trace("", True, (Step(host, "drop", note=f"endpoint {source} sends nothing: {why}"),))
 
     def leg_up(name: str) -> bool:
         ep = world.endpoints.get(name)
@@ -483,7 +502,10 @@ def trace_packet(world: World, tenant: str, source: str, p: Packet, via: Mapping
         while isinstance(stop, int):
             hop = state.hops[stop]
             pick = (via or {}).get(stop + 1)
-            sf = pick if pick in hop.live else hop.live[0]
+            if pick is not None and pick not in hop.live:
+                raise ValueError(f"--via {stop + 1}={pick}: hop {stop + 1} of chain {chain.metadata.name} has "
+                                 f"{', '.join(hop.live)} up")
+            sf = pick or hop.live[0]
             spec = world.functions[sf].spec
             entry = spec.ingress if forward else spec.egress
             note = f"hop {stop + 1} of chain {chain.metadata.name}: {sf}" + ("" if forward else " (replies)")
@@ -525,7 +547,8 @@ def summarize_chain(name: str, reports: Mapping[str, Any]) -> ChainSummary:
     {"state", "hops": [{"hop", "functions", "up"}], "packets"}}}); what is malformed is left out."""
     mine: dict[str, Mapping[str, Any]] = {}
     for host, report in sorted(reports.items()):
-        entry = report.get("chains", {}).get(name) if isinstance(report, Mapping) else None
+        chains = report.get("chains") if isinstance(report, Mapping) else None
+        entry = chains.get(name) if isinstance(chains, Mapping) else None
         if isinstance(entry, Mapping):
             mine[host] = entry
     if not mine:

@@ -38,7 +38,8 @@ COOKIE_TAG = 0x4E455444
 COOKIE_MASK = 0xFFFFFFFF00000000
 SHARED_COOKIE = COOKIE_TAG << 32
 CANARY_COOKIE = SHARED_COOKIE | 0xFFFFFFFF
-LOCAL, TUNNEL, SFLEG = 1, 2, 3  # reg1: where the frame came from (an endpoint here, a peer, a function's leg)
+#: reg1: where the frame came from (an endpoint here, a peer, a function's leg); bit 0 set: from this host
+LOCAL, TUNNEL, SFLEG = 1, 2, 3
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 
 
@@ -94,7 +95,10 @@ class SwitchView:
 def leg_tag(ip: IPv4) -> str:
     """The source MAC a frame carries through a tunnel to a function's leg: locally administered,
     unicast, never an endpoint's (those are 0a:58:...), naming the leg by its address."""
-    return "0e:00:" + ":".join(f"{b:02x}" for b in ip.packed)
+    return f"{TAG_PREFIX}:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+TAG_PREFIX = "0e:00"
 
 
 #: a tagged frame's own source MAC back: 0a:58:<its source address>, as admission required it
@@ -150,6 +154,9 @@ def compile_tenant_flows(view: SwitchView) -> list[Flow]:
         Flow(T_CHAINS, 0, "", f"resubmit(,{T_FORWARD})"),
         Flow(T_CHAINS, 1, f"reg1={SFLEG}", "drop"),  # what a leg sends that is no chain's next step
         Flow(T_FORWARD, 0, "", "drop"),
+        # a tunnel frame tagged for a leg this host does not have (any more): never forwarded by its
+        # destination MAC, which would carry it past the function it was steered to
+        Flow(T_FORWARD, 115, f"reg1={TUNNEL},dl_src={TAG_PREFIX}:00:00:00:00/ff:ff:00:00:00:00", "drop"),
         Flow(T_CANARY, 1, "", "drop", CANARY_COOKIE),
     ]
     clash = clashing_vnis(view.tenants)
@@ -178,7 +185,9 @@ def compile_tenant_flows(view: SwitchView) -> list[Flow]:
     for r in remote:
         vni = vnis[r.tenant]
         assert view.tunnel_ofport is not None
-        flows.append(Flow(T_FORWARD, 100, f"reg0={vni:#x},dl_dst={r.mac}",
+        # only for frames from here (an endpoint, or a function's exit leg): a peer's frame is for
+        # this host's ports, never tunnelled on (two peers with views out of step would bounce it)
+        flows.append(Flow(T_FORWARD, 100, f"reg0={vni:#x},reg1={LOCAL:#x}/{LOCAL:#x},dl_dst={r.mac}",
                           _tunnel_to(vni, r.tunnel_ip, view.tunnel_ofport), tenant_cookie(vni)))
         flows.append(_arp_responder(vni, r.mac, r.ip))
     for name, vni in sorted(vnis.items()):

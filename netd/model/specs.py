@@ -530,6 +530,10 @@ def _chain_issues(where: int, obj: ServiceChain, tenant: TenantNetwork | None, e
     if tenant is None:
         issues.append(Issue(where, ("spec", "tenant"), f"no TenantNetwork {s.tenant!r} (neither in these files nor "
                             "stored)", *key))
+    if s.symmetric and _same_both_ways(s.classifier, endpoints):
+        issues.append(Issue(where, ("spec", "symmetric"), "the classifier takes the same traffic both ways (its "
+                            "source and destination, and its source and destination ports, are the same), so "
+                            "replies cannot be told from traffic: narrow one side, or set symmetric: false", *key))
     for i, hop in enumerate(s.hops):
         for j, name in enumerate(hop):
             sf = sfs.get(name)
@@ -586,6 +590,15 @@ def classifiers_meet(a: Classifier, b: Classifier, endpoints: Mapping[str, Endpo
         return False
     return (sel_meet(a.source, b.source) and sel_meet(a.destination, b.destination)
             and ports_meet(a.sourcePorts, b.sourcePorts) and ports_meet(a.destinationPorts, b.destinationPorts))
+
+
+def _same_both_ways(c: Classifier, endpoints: Mapping[str, Endpoint]) -> bool:
+    """Whether ``c`` and its reversal take the same frames (a symmetric chain could not tell its
+    replies; where they only partly meet, a chain's traffic outranks its replies)."""
+    def norm(sel: Any) -> Any:  # an endpoint as its address (or its name, while it has none)
+        return sel if sel is None else (_as_network(sel, endpoints) or sel)
+
+    return norm(c.source) == norm(c.destination) and sorted(c.sourcePorts) == sorted(c.destinationPorts)
 
 
 def _as_network(sel: Any, endpoints: Mapping[str, Endpoint]) -> ipaddress.IPv4Network | None:

@@ -173,3 +173,24 @@ def test_deleting_what_a_chain_uses_is_refused_unless_forced():
                                                                    "ServiceChain"}
     with pytest.raises(PlanError, match="--prune would delete service function fw, which service chains web use"):
         plan_apply([sf("other", ingress="fw-in", egress="fw-out")], s, prune=True)
+
+
+@pytest.mark.parametrize("classifier,refused", [
+    ({"protocol": "tcp"}, True),                                             # every tcp frame, both ways
+    ({}, True),
+    ({"source": "10.20.0.0/25", "destination": "10.20.0.0/25"}, True),
+    ({"source": "client", "destination": "10.20.0.11/32"}, True),            # client's address both ways
+    ({"protocol": "tcp", "sourcePorts": [80], "destinationPorts": [80]}, True),
+    ({"protocol": "tcp", "destinationPorts": [80]}, False),                  # replies come from port 80
+    ({"source": "client", "destination": "server"}, False),
+    ({"source": "client"}, False),
+    ({"source": "10.20.0.0/25", "destination": "10.20.0.0/24"}, False),
+])
+def test_a_symmetric_chain_must_tell_its_replies_from_its_traffic(classifier, refused):
+    sym = chain(classifier=classifier, symmetric=True)
+    issues = [(f, m) for _, f, m in found([*BASE, sym])]
+    want = [("spec.symmetric", "the classifier takes the same traffic both ways (its source and destination, and "
+                               "its source and destination ports, are the same), so replies cannot be told from "
+                               "traffic: narrow one side, or set symmetric: false")]
+    assert issues == (want if refused else [])
+    assert found([*BASE, chain(classifier=classifier)]) == []  # not symmetric: fine

@@ -17,6 +17,7 @@ from netd.core.chains import (
     Packet,
     World,
     chain_cookie,
+    chain_ids,
     classifier_matches,
     classifier_takes,
     classify,
@@ -50,7 +51,13 @@ EPS = {"client": (1, "10.30.0.11"), "server": (1, "10.30.0.12"), "other": (3, "1
        "fw-in": (2, "10.30.0.21"), "fw-out": (2, "10.30.0.22"),
        "mon-in": (3, "10.30.0.31"), "mon-out": (3, "10.30.0.32"),
        "mon2-in": (1, "10.30.0.41"), "mon2-out": (1, "10.30.0.42")}
-ENDPOINTS = {n: obj("Endpoint", n, {"tenant": "blue", "host": f"h{h}", "netns": n, "ip": ip})
+def _target(name: str) -> dict:
+    """A leg lives in its function's namespace, as `in0`/`out0`; the other endpoints in their own."""
+    sf, _, leg = name.rpartition("-")
+    return {"netns": sf, "interface": f"{leg}0"} if leg in ("in", "out") else {"netns": name}
+
+
+ENDPOINTS = {n: obj("Endpoint", n, {"tenant": "blue", "host": f"h{h}", "ip": ip, **_target(n)})
              for n, (h, ip) in EPS.items()}
 ADDRESSES = {n: A(ip) for n, (_, ip) in EPS.items()}
 FUNCS = {n: obj("ServiceFunction", n, {"tenant": "blue", "ingress": f"{n}-in", "egress": f"{n}-out"})
@@ -58,6 +65,12 @@ FUNCS = {n: obj("ServiceFunction", n, {"tenant": "blue", "ingress": f"{n}-in", "
 WEB = obj("ServiceChain", "web", {"tenant": "blue", "symmetric": True, "hops": ["fw", ["mon", "mon2"]],
                                   "classifier": {"source": "client", "destination": "server", "protocol": "tcp",
                                                  "destinationPorts": [80, "8000-8015"]}})
+
+
+def test_the_fixtures_are_valid_specs():
+    from netd.model.specs import check_objects
+
+    assert check_objects(list(enumerate([BLUE, *ENDPOINTS.values(), *FUNCS.values(), WEB])), []) == []
 
 
 def view(host: int, down: frozenset[str] = frozenset(), chains: tuple = (WEB,)) -> SwitchView:
@@ -207,11 +220,24 @@ def test_group_ids_are_stable_and_distinct():
 
 
 def test_cookies_are_netds_and_each_chain_and_hop_has_its_own():
-    c = chain_cookie("web")
+    ids = chain_ids(["web", "api"])
+    c = chain_cookie(ids["web"])
     assert is_ours(c) and is_chain_cookie(c) and not is_chain_cookie(0x4E45544400001389)
-    assert len({chain_cookie("web"), chain_cookie("api"), chain_cookie("web", 0), chain_cookie("web", 1),
-                chain_cookie("web", 1, 1)}) == 5
-    assert chain_cookie("web", 15, 15) >> 9 == chain_cookie("web") >> 9  # hop bits stay below the name's
+    assert len({chain_cookie(ids["web"]), chain_cookie(ids["api"]), chain_cookie(ids["web"], 0),
+                chain_cookie(ids["web"], 1), chain_cookie(ids["web"], 1, 1)}) == 5
+    assert chain_cookie(ids["web"], 15, 15) >> 9 == c >> 9  # hop bits stay below the chain's
+    assert chain_cookie(0x3FFFFF, 30, 15) & 0xFFFFFFFF == 0xFFFFFFFF  # every field in its own bits
+
+
+def test_chain_ids_never_clash():
+    """api-ssh-196 and api-metrics-10 share 22 bits of their CRC: each still gets an id of its own."""
+    import zlib
+
+    a, b = "api-ssh-196", "api-metrics-10"
+    assert zlib.crc32(a.encode()) & 0x3FFFFF == zlib.crc32(b.encode()) & 0x3FFFFF
+    ids = chain_ids([a, b, "web"])
+    assert len(set(ids.values())) == 3 and ids["web"] == chain_ids(["web"])["web"]
+    assert max(ids.values()) <= 0x3FFFFF
 
 
 # -- properties of the compiled program --------------------------------------------------------------
@@ -258,16 +284,28 @@ def test_a_spread_hop_is_one_select_group_each_way_with_the_same_buckets_in_the_
     same buckets (h2 selects for the traffic after fw, h1 for the replies from the server)."""
     fwd = compile_chains(view(2)).groups
     rev = compile_chains(view(1)).groups
-    to_mon = {g.group_id: g for g in fwd if any("10.250.1.13" in b for b in g.buckets)}
+    to_mon = {g.group_id: g for g in fwd if any("10.250.1.13" in a for _, a in g.buckets)}
     assert len(fwd) == 1 and len(to_mon) == 1
     (g_fwd,) = fwd
     (g_rev,) = [g for g in rev if g.group_id != g_fwd.group_id]
     assert "selection_method=hash," in g_fwd.text() and "fields" not in g_fwd.text()
     # bucket i is function i of the hop, both ways: mon (h3) then mon2 (h1)
-    assert [("10.250.1.13" in b, "output:" in b and "tun_dst" not in b) for b in g_fwd.buckets] == \
-        [(True, False), (False, False)]
-    assert leg_tag(A("10.30.0.31")) in g_fwd.buckets[0] and leg_tag(A("10.30.0.41")) in g_fwd.buckets[1]  # ingresses
-    assert leg_tag(A("10.30.0.32")) in g_rev.buckets[0] and g_rev.buckets[1].startswith("output:")  # egresses
+    assert [i for i, _ in g_fwd.buckets] == [i for i, _ in g_rev.buckets] == [0, 1]
+    (_, f0), (_, f1) = g_fwd.buckets
+    (_, r0), (_, r1) = g_rev.buckets
+    assert leg_tag(A("10.30.0.31")) in f0 and "10.250.1.13" in f0 and leg_tag(A("10.30.0.41")) in f1  # ingresses
+    assert leg_tag(A("10.30.0.32")) in r0 and r1.startswith("output:")  # egresses
+
+
+def test_a_function_down_in_a_spread_hop_keeps_the_others_bucket_ids():
+    """OVS scores buckets by id: renumbering the survivors would move flows that were on them."""
+    three = obj("ServiceChain", "web", {**WEB.model_dump(mode="json")["spec"], "hops": ["fw", ["mon", "fw2", "mon2"]]})
+    funcs = {**FUNCS, "fw2": obj("ServiceFunction", "fw2", {"tenant": "blue", "ingress": "fw-in", "egress": "fw-out"})}
+    v = view(2, frozenset({"mon-in"}), (three,))  # mon (bucket 0) down; fw2 reuses fw's legs (here, on h2)
+    v = SwitchView(v.tenants, v.local, v.remote, v.tunnel_ofport, v.peers, tuple(funcs.values()), v.chains,
+                   v.addresses)
+    (g,) = [g for g in compile_chains(v).groups]
+    assert [i for i, _ in g.buckets] == [1, 2]
 
 
 def test_a_hop_down_drops_at_the_classifier_or_is_bypassed():
@@ -275,7 +313,7 @@ def test_a_hop_down_drops_at_the_classifier_or_is_bypassed():
     h1 = compile_chains(view(1, down))
     assert h1.states["web"].state == "hop missing: 1 (fw): its traffic is dropped"
     assert {f.actions for f in h1.flows if "reg1=1" in f.match} == {"drop"}
-    bypass = obj("ServiceChain", "web", {**WEB.model_dump(mode="json")["spec"], "onHopDown": "bypass"})
+    bypass = obj("ServiceChain", "web", {**WEB.model_dump(mode="json")["spec"], "onHopDown": "bypass"})  # (valid)
     h1 = compile_chains(view(1, down, (bypass,)))
     fwd = [f for f in h1.flows if "reg1=1" in f.match and "nw_src=10.30.0.11" in f.match]
     assert fwd and all(f.actions.startswith("group:") for f in fwd)  # straight to the monitors' hop
@@ -299,7 +337,8 @@ def test_a_chain_change_changes_only_its_own_flows():
                                           "classifier": {"protocol": "tcp", "destinationPorts": [2222]}})
     before = set(compile_switch(view(2, chains=(WEB, other))).flows)
     after = set(compile_switch(view(2, chains=(WEB, changed))).flows)
-    assert before ^ after and all(f.cookie >> 9 == chain_cookie("ssh") >> 9 for f in before ^ after)
+    ssh = chain_cookie(chain_ids(["web", "ssh"])["ssh"]) >> 9
+    assert before ^ after and all(f.cookie >> 9 == ssh for f in before ^ after)
 
 
 # -- trace ------------------------------------------------------------------------------------------
@@ -372,3 +411,59 @@ def test_a_remote_leg_counts_only_while_its_host_reports_it_wired():
     assert {r.endpoint for r in remote} == {"other", "fw-in", "mon-in", "mon-out"}  # non-legs whatever the report
     assert [s.split(":")[0] for s in skipped] == ["fw-out"]
     assert "does not report wired (target gone" in skipped[0]
+
+
+def test_trace_refuses_a_via_that_is_not_up_in_the_hop_and_a_source_that_sends_nothing():
+    p = Packet(A("10.30.0.11"), A("10.30.0.12"), "tcp", 1, 80)
+    with pytest.raises(ValueError, match=r"--via 2=fw: hop 2 of chain web has mon, mon2 up"):
+        trace_packet(world(), "blue", "client", p, {2: "fw"})
+    with pytest.raises(ValueError, match=r"--via 2=mon: hop 2 of chain web has mon2 up"):
+        trace_packet(world(frozenset({"mon-in"})), "blue", "client", p, {2: "mon"})
+    gone = trace_packet(world(hosts=("h2", "h3")), "blue", "client", p)
+    assert hops(gone) == [("h1", "drop", "")] and gone.steps[0].note == \
+        "endpoint client sends nothing: its host h1 is not up"
+    unwired = trace_packet(world(frozenset({"client"})), "blue", "client", p)
+    assert unwired.steps[0].note == "endpoint client sends nothing: its host does not report it wired"
+    leg = trace_packet(world(), "blue", "fw-in", p)
+    assert hops(leg) == [("h2", "drop", "")] and "a service function's leg" in leg.steps[0].note
+
+
+def test_trace_notes_say_hop_chain_and_direction():
+    t = trace_packet(world(), "blue", "server", Packet(A("10.30.0.12"), A("10.30.0.11"), "tcp", 80, 40000))
+    assert [s.note for s in t.steps] == ["hop 2 of chain web: mon (replies)"] * 2 + \
+        ["hop 1 of chain web: fw (replies)"] * 2 + ["delivered to endpoint client"] * 2
+    assert [s.leg for s in t.steps] == ["mon-out", "mon-out", "fw-out", "fw-out", "", ""]
+    assert t.steps[0].choices == t.steps[1].choices == ("mon", "mon2")
+    down = trace_packet(world(hosts=("h1", "h2")), "blue", "client", Packet(A("10.30.0.11"), A("10.30.0.13"), "icmp"))
+    assert hops(down) == [("h1", "drop", "")] and down.steps[0].note == "endpoint other's host h3 is not up"
+
+
+def test_a_packet_to_an_outside_address_goes_to_the_tenants_router():
+    routed = obj("TenantNetwork", "blue", {"vni": 5001, "subnet": "10.30.0.0/24", "gateway": "10.30.0.13"})
+    w = World({"blue": routed}, ENDPOINTS, FUNCS, (WEB,), ADDRESSES, frozenset({"h1", "h2", "h3"}), frozenset(EPS))
+    t = trace_packet(w, "blue", "client", Packet(A("10.30.0.11"), A("192.0.2.9"), "udp", 1, 53))
+    assert hops(t) == [("h1", "tunnel", "h3"), ("h3", "output", "other")]  # other holds the gateway address
+    no_router = trace_packet(world(), "blue", "client", Packet(A("10.30.0.11"), A("192.0.2.9"), "udp", 1, 53))
+    assert no_router.steps[-1].note == "no endpoint of tenant blue has 192.0.2.9"
+
+
+def test_chain_summaries_merge_the_hosts_reports():
+    from netd.core.chains import summarize_chain
+
+    def report(state: str, up: list[str], packets: dict[str, int]) -> dict:
+        return {"chains": {"web": {"state": state, "packets": packets,
+                                   "hops": [{"hop": 1, "functions": ["fw"], "up": [f for f in up if f == "fw"]},
+                                            {"hop": 2, "functions": ["mon", "mon2"],
+                                             "up": [f for f in up if f != "fw"]}]}}}
+
+    s = summarize_chain("web", {"h1": report("ready", ["fw", "mon", "mon2"], {}),
+                                "h2": report("ready", ["fw", "mon", "mon2"], {"1/fw": 10}),
+                                "h3": report("ready", ["fw", "mon2"], {"2/mon": 4}),
+                                "h4": {"chains": {"other": {}}}, "h5": None, "h6": {"chains": []}})
+    assert s.hosts == ("h1", "h2", "h3") and s.state == "ready"
+    assert s.hops == ((1, "fw", True), (2, "mon", False), (2, "mon2", True))  # down where any host sees it down
+    assert s.packets == {"1/fw": 10, "2/mon": 4}
+    split = summarize_chain("web", {"h1": report("ready", [], {"1/fw": 1}), "h2": report("hop missing: x", [],
+                                                                                         {"1/fw": 2})})
+    assert split.state == "h1: ready; h2: hop missing: x" and split.packets == {"1/fw": 3}
+    assert summarize_chain("web", {}).state.startswith("no report: no host programs it")

@@ -96,7 +96,7 @@ def test_a_lone_host_without_tunnels_and_unknown_tenants():
     assert not any(f.cookie == tenant_cookie(5002) for f in flows)  # red is not a tenant here: r1 gets nothing
     empty = compile_tenant_flows(SwitchView())
     assert [(f.table, f.cookie) for f in empty] == [(0, SHARED_COOKIE), (5, SHARED_COOKIE), (5, SHARED_COOKIE),
-                                                 (10, SHARED_COOKIE), (250, CANARY_COOKIE)]
+                                                 (10, SHARED_COOKIE), (10, SHARED_COOKIE), (250, CANARY_COOKIE)]
 
 
 def endpoint(name, tenant_name, host):
@@ -138,3 +138,14 @@ def test_tenants_that_share_a_vni_are_neither_programmed():
 def test_arp_is_answered_for_local_senders_only():
     responders = [f for f in compile_tenant_flows(VIEW) if "arp_op=1" in f.match]
     assert responders and all(",reg1=1,arp," in f.match for f in responders), responders
+
+
+def test_a_peers_frame_is_never_tunnelled_on_and_an_untagged_leg_frame_is_dropped():
+    """Two peers whose views are out of step would bounce a frame between them for ever; and a frame
+    tagged for a leg this host no longer has must not reach its destination past that function."""
+    flows = compile_tenant_flows(VIEW)
+    for f in flows:
+        if f.table == 10 and "output:9" in f.actions and "dl_dst=01:00" not in f.match:
+            assert "reg1=0x1/0x1," in f.match, f.text()  # from this host only (1: an endpoint, 3: a leg)
+    (tagged,) = [f for f in flows if f.table == 10 and f.priority == 115]
+    assert (tagged.match, tagged.actions) == ("reg1=2,dl_src=0e:00:00:00:00:00/ff:ff:00:00:00:00", "drop")
