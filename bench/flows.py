@@ -144,13 +144,23 @@ def part1(tenants: int, endpoints: int) -> bool:
         server.stop()
 
 
-def part2(rounds: int, seconds: float) -> bool:
+def two_hosts() -> Cluster:
+    """2 namespace hosts, each with its OVS and netd (vxlan overlay), ready."""
     c = Cluster(2, etcd_tick_ms=100, ovs=True)
     try:
         c.set_config({"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}})
         for i in (1, 2):
             c.start_netd(i, "--log-level=info", resync=5.0)
         c.wait_ready(timeout=60)
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def part2(rounds: int, seconds: float) -> bool:
+    c = two_hosts()
+    try:
         c.wait_mesh()
         overlay = (c.add_container(1), c.add_container(2))
         apply_specs(c, "apiVersion: netd/v1\nkind: TenantNetwork\nmetadata: {name: blue}\n"
@@ -243,12 +253,8 @@ def part3(chains: int) -> bool:
 def part4(rounds: int, seconds: float) -> bool:
     from integration.chains import ns_name
 
-    c = Cluster(2, etcd_tick_ms=100, ovs=True)
+    c = two_hosts()
     try:
-        c.set_config({"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}})
-        for i in (1, 2):
-            c.start_netd(i, "--log-level=info", resync=5.0)
-        c.wait_ready(timeout=60)
         sfs = [(f"sf{k}", 2 if k % 2 else 1) for k in (1, 2, 3)]  # h2, h1, h2: every hop crosses the tunnel
         docs = ("apiVersion: netd/v1\nkind: TenantNetwork\nmetadata: {name: blue}\n"
                 "spec: {vni: 5001, subnet: 10.20.0.0/24}\n")

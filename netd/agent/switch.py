@@ -141,10 +141,6 @@ class Applied:
     hops: dict[tuple[str, int, str], tuple[int, int]]  # (chain, hop, function) -> (packets, bytes)
 
 
-def _state_kind(state: str) -> str:
-    return "ready" if state == "ready" else "hop_missing" if state.startswith("hop missing") else "not_classifying"
-
-
 class SwitchAgent:
     def __init__(self, store: EtcdObjectStore, switch: OvsSwitch, wiring: Wiring, options: SwitchOptions,
                  registry: CollectorRegistry) -> None:
@@ -363,8 +359,8 @@ class SwitchAgent:
             if self.status.chains.get(name) != state:
                 (log.info if state == "ready" else log.warning)("service chain %s: %s", name, state)
         self.metrics.chains.clear()
-        for kind in {_state_kind(st) for st in chains.values()}:
-            self.metrics.chains.labels(kind).set(sum(1 for st in chains.values() if _state_kind(st) == kind))
+        for kind in {st.kind for st in done.chains.values()}:
+            self.metrics.chains.labels(kind).set(sum(1 for st in done.chains.values() if st.kind == kind))
         self.metrics.hops = done.hops
         skipped = inputs.skipped
         if set(skipped) - set(self.status.skipped):

@@ -187,6 +187,11 @@ class ChainState:
         return bool(self.missing) and self.chain.spec.onHopDown == "drop"
 
     @property
+    def kind(self) -> str:
+        """``ready``, ``not_classifying`` or ``hop_missing`` (a metric's label)."""
+        return "not_classifying" if self.unmatched else "hop_missing" if self.missing else "ready"
+
+    @property
     def state(self) -> str:
         """One line for operators: ``ready``, or what is missing and what that does."""
         if self.unmatched:

@@ -202,7 +202,9 @@ def test_next_stop(live, on_down, forward, after, want):
 
 
 def test_chain_states_say_what_is_missing_and_what_that_does():
-    assert state([("a",), ("b",)]).state == "ready"
+    assert state([("a",), ("b",)]).state == "ready" and state([("a",), ("b",)]).kind == "ready"
+    assert state([("a",), ()]).kind == "hop_missing" and state([(), ()], "bypass").kind == "hop_missing"
+    assert plan_chain(WEB, 5001, lambda sf: False, {}).kind == "not_classifying"
     assert state([("a",), ()]).state == "hop missing: 2 (x1): its traffic is dropped"
     assert state([(), ("b",)], "bypass").state == "hop missing: 1 (x0): bypassed"
     web = plan_chain(WEB, 5001, lambda sf: sf != "mon", ADDRESSES)
