@@ -427,7 +427,10 @@ def test_trace_refuses_a_via_that_is_not_up_in_the_hop_and_a_source_that_sends_n
     unwired = trace_packet(world(frozenset({"client"})), "blue", "client", p)
     assert unwired.steps[0].note == "endpoint client sends nothing: its host does not report it wired"
     leg = trace_packet(world(), "blue", "fw-in", p)
-    assert hops(leg) == [("h2", "drop", "")] and "a service function's leg" in leg.steps[0].note
+    assert hops(leg) == [("h2", "drop", "")] and leg.steps[0].note == \
+        "fw-in is a service function's leg: it sends nothing of its own"
+    for t in (gone, unwired, leg):
+        assert (t.chain, t.forward, t.state) == ("", True, "")
 
 
 def test_trace_notes_say_hop_chain_and_direction():

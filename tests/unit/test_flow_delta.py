@@ -89,3 +89,24 @@ def test_counts_of_a_bigger_bundle_and_what_a_conflict_or_blank_line_leaves_alon
     delta = plan_flow_delta(diff)
     assert (delta.added, delta.modified, delta.deleted) == (4, 2, 2) and len(delta.conflicts) == 1
     assert delta.restores_canary and len(delta.commands) == 8
+
+
+def test_group_mods_add_or_modify_what_differs_and_delete_only_netds_groups_no_longer_wanted():
+    from netd.core.chains import Group
+    from netd.core.flows import plan_group_delta
+
+    keep = Group(0x4E000001, ((0, "output:1"), (1, "output:2")))
+    change = Group(0x4E000002, ((0, "output:3"), (1, "output:4")))
+    new = Group(0x4E000003, ((1, "output:5"),))
+    dump = ("OFPST_GROUP_DESC reply (OF1.5) (xid=0x2):\n"
+            f" {keep.text()}\n"
+            " group_id=1308622850,type=select,selection_method=hash,bucket=bucket_id:0,actions=output:3\n"
+            " group_id=1308622852,type=select,selection_method=hash,bucket=bucket_id:0,actions=drop\n"  # netd's, gone
+            " group_id=7,type=select,bucket=bucket_id:0,actions=drop\n")  # someone else's
+    before, after = plan_group_delta(dump, [keep, change, new])
+    assert before == (f"group add_or_mod {change.text()}", f"group add_or_mod {new.text()}")
+    assert after == ("group delete group_id=1308622852",)
+    assert plan_group_delta(dump, []) == ((), ("group delete group_id=1308622849", "group delete group_id=1308622850",
+                                               "group delete group_id=1308622852"))
+    assert plan_group_delta("", [keep]) == ((f"group add_or_mod {keep.text()}",), ())
+    assert new.text() == "group_id=1308622851,type=select,selection_method=hash,bucket=bucket_id:1,actions=output:5"
