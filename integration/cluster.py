@@ -276,6 +276,10 @@ class ClusterBase:
         """Host i's name in Endpoint specs (netd's --node-name)."""
         return f"node{i}"
 
+    def machine_id(self, i: int) -> str:
+        """Host i's machine ID (netd's --machine-id, default /etc/machine-id)."""
+        return self.exec(i, "cat", "/etc/machine-id").stdout.strip()
+
     def ovs_tool(self, i: int, tool: str, *args: str) -> str:
         """An OVS tool (ovs-appctl, ovs-ofctl, ovs-vsctl) against host i's Open vSwitch."""
         return self.exec(i, tool, *args).stdout
@@ -411,6 +415,10 @@ class Cluster(ClusterBase):
     def node_name(self, i: int) -> str:
         return f"h{i}"
 
+    def machine_id(self, i: int) -> str:
+        """Host i's machine ID (the namespace hosts share /etc/machine-id)."""
+        return f"{self.tag}-m{i}"
+
     def ovs_tool(self, i: int, tool: str, *args: str) -> str:
         server = self.ovs_servers[i]
         return self.exec(i, "env", f"OVS_RUNDIR={server.rundir}", f"OVS_DBDIR={server.workdir}", tool, *args).stdout
@@ -432,6 +440,7 @@ class Cluster(ClusterBase):
         h = self.host(i)
         flags = h.extra
         self.stop_netd(i, signal.SIGKILL)
+        self.kill_units(i)  # a reboot ends the units' processes too
         if i in self.ovs_servers:  # its OVS dies too; a fresh one starts with the host (its workdir goes)
             self.ovs_servers.pop(i).stop()
         self._delete_namespaces(f"{h.ns}c")
@@ -442,6 +451,27 @@ class Cluster(ClusterBase):
         shutil.rmtree(h.workdir, ignore_errors=True)
         self.hosts[i - 1] = self._make_host(i)
         self.start_netd(i, *flags)
+
+    def kill_units(self, i: int) -> int:
+        """Kill the processes of host i's netns-runtime units (they outlive netd, by design), by the pid
+        files netd keeps in its state dir (with each process's start time: never a recycled pid)."""
+        killed = 0
+        units = os.path.join(self.host(i).workdir, "units")
+        for name in os.listdir(units) if os.path.isdir(units) else []:
+            if not name.endswith(".json") or name == "addresses.json":
+                continue
+            try:
+                with open(os.path.join(units, name)) as fh:
+                    rec = json.load(fh)
+                with open(f"/proc/{int(rec['pid'])}/stat") as fh:
+                    began = fh.read().rsplit(")", 1)[1].split()[19]
+            except (OSError, ValueError, KeyError, IndexError):
+                continue
+            if began == rec.get("start"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(int(rec["pid"]), signal.SIGKILL)
+                    killed += 1
+        return killed
 
     def _delete_namespaces(self, prefix: str) -> None:
         listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -497,6 +527,7 @@ class Cluster(ClusterBase):
             f"--state-dir={h.workdir}",
             f"--healthz-port={HEALTHZ_PORT}",
             f"--resync-interval={resync}",
+            f"--machine-id={self.machine_id(i)}",
             "--log-level=debug",
             *self.ovs_flags(i),
             *extra,
@@ -560,6 +591,7 @@ class Cluster(ClusterBase):
         for h in self.hosts:
             with contextlib.suppress(Exception):
                 self.stop_netd(h.index, signal.SIGKILL)
+            self.kill_units(h.index)
         if self.etcd is not None:
             self.etcd.kill()
         for server in self.ovs_servers.values():

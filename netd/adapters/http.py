@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 ReadinessProbe = Callable[[], tuple[bool, str, dict[str, object]]]
 #: Returns what the data path holds, read from it, for /dataplane (None: not yet there).
 DataplaneProbe = Callable[[], dict[str, object] | None]
+#: Returns a unit's output (its last lines) for /journal?unit=NAME&lines=N (None: no such unit here).
+JournalProbe = Callable[[str, int], str | None]
 
 
 class _Server6(ThreadingHTTPServer):
@@ -25,7 +27,7 @@ class _Server6(ThreadingHTTPServer):
 
 class HealthServer:
     def __init__(self, address: str, port: int, readiness: ReadinessProbe, metrics: CollectorRegistry,
-                 dataplane: DataplaneProbe | None = None) -> None:
+                 dataplane: DataplaneProbe | None = None, journal: JournalProbe | None = None) -> None:
         probe, registry = readiness, metrics
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,6 +57,23 @@ class HealthServer:
                         error = "no backend yet"
                     body = json.dumps(view if view is not None else {"error": error}).encode() + b"\n"
                     self._send(200 if view is not None else 503, body, "application/json")
+                elif path == "/journal" and journal is not None:
+                    from urllib.parse import parse_qs
+
+                    q = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+                    try:
+                        lines = int(q.get("lines", ["50"])[0])
+                        text = journal(q.get("unit", [""])[0], lines)
+                    except ValueError:
+                        self._send(400, b"lines: expected a number\n", "text/plain")
+                        return
+                    except Exception as exc:  # noqa: BLE001 - reported to the caller
+                        self._send(503, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain")
+                        return
+                    if text is None:
+                        self._send(404, b"no such unit on this machine\n", "text/plain")
+                    else:
+                        self._send(200, text.encode(), "text/plain; charset=utf-8")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 

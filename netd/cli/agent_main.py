@@ -75,11 +75,69 @@ def build_parser() -> FlagParser:
     add_flag(g, "--netd-prefix", default="/netd", help="netd's own keys in etcd (default %(default)s)")
     add_flag(g, "--docker-host", default=None, help="dockerd's socket for container endpoints (default: the "
              "environment's, DOCKER_HOST)")
+    u = p.add_argument_group("scheduler: this netd as a machine that runs units (fleet-like); on unless --units=off")
+    add_flag(u, "--units", choices=["on", "off"], default="on", help="register as a machine, run placed units, "
+             "stand as the engine, answer DNS for endpoints (default %(default)s)")
+    add_flag(u, "--machine-id", default=None, help="this machine's ID (default: /etc/machine-id)")
+    add_flag(u, "--metadata", type=arg_type(_metadata), default="",
+             help="machine metadata for MachineMetadata, e.g. region=us-east,disk=ssd")
+    add_flag(u, "--machine-ttl", type=arg_type(parse_duration), default="30s",
+             help="TTL of the machine's etcd lease: a machine silent this long has its units placed elsewhere "
+                  "(default %(default)s)")
+    add_flag(u, "--machine-cpu", type=arg_type(_millicores), default=None,
+             help="CPU units may reserve here (0.5 or 500m; default: the host's cores)")
+    add_flag(u, "--machine-memory", type=arg_type(_bytes), default=None,
+             help="memory units may reserve here (512M, 2G; default: the host's)")
+    add_flag(u, "--dns-domain", default="netd.local", help="the domain endpoints answer in (default %(default)s)")
+    add_flag(u, "--dns-listen", default="gateway", help="where DNS is answered: 'gateway' (the units' gateway, "
+             "port 53), HOST:PORT, several comma-separated, or 'off' (default %(default)s)")
     add_flag(p, "--log-format", choices=["text", "json"], default="text")
     add_flag(p, "--log-level", type=arg_type(parse_log_level), default="info",
              help="debug, info, warning, error (default %(default)s)")
     p.add_argument("--version", action="version", version=f"netd {__version__}")
     return p
+
+
+def _metadata(text: str) -> dict[str, str]:
+    from netd.model.units import parse_metadata
+
+    return parse_metadata(text)
+
+
+def _millicores(text: str) -> int:
+    t = text.strip()
+    try:
+        value = int(t[:-1]) if t.endswith("m") else int(round(float(t) * 1000))
+    except ValueError:
+        raise ValueError(f"expected cores (2, 0.5) or millicores (500m), found {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected a positive amount, found {text!r}")
+    return value
+
+
+def _bytes(text: str) -> int:
+    import re
+
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)i?B?", text.strip())
+    if not m:
+        raise ValueError(f"expected a size such as 512M or 2G, found {text!r}")
+    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2) or " ")
+
+
+def _dns_listen(text: str) -> tuple[bool, list[tuple[str, int]]]:
+    """(answer on the units' gateway, other addresses)."""
+    gateway, out = False, []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        if item == "off":
+            return False, []
+        if item == "gateway":
+            gateway = True
+            continue
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"expected gateway, off or HOST:PORT, found {item!r}", "--dns-listen")
+        out.append((host.strip("[]"), int(port)))
+    return gateway, out
 
 
 async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> int:
@@ -112,19 +170,25 @@ async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> 
     agent = Agent(registry, backend_for, opts, metrics)
     switch = make_switch(args, underlay, metrics) if args.ovs_bridge else None
     switch_stop = asyncio.Event()
+    units, engine = make_units(args, underlay, metrics) if args.units == "on" else (None, None)
 
     def readiness() -> tuple[bool, str, dict[str, object]]:
         ready, reason, details = agent.readiness()
-        if switch is None:
-            return ready, reason, details
-        ok, why, more = switch.readiness()
-        return ready and ok, reason if not ready else (why or reason), {**details, "tenant_networks": more}
+        if switch is not None:
+            ok, why, more = switch.readiness()
+            ready, reason, details = ready and ok, reason if not ready else (why or reason), \
+                {**details, "tenant_networks": more}
+        if units is not None and engine is not None:
+            ok, why, more = units.readiness()
+            ready, reason = ready and ok, reason if not ready else (why or reason)
+            details = {**details, "scheduler": {**more, "engine": engine.readiness()}}
+        return ready, reason, details
 
     health = None
     if args.healthz_port:
         try:
             health = HealthServer(args.healthz_ip, args.healthz_port, readiness, metrics.registry,
-                                  agent.dataplane_view)
+                                  agent.dataplane_view, units.journal if units is not None else None)
         except OSError as exc:  # the port taken, an address this host does not have
             raise ConfigError(f"cannot serve on {args.healthz_ip}:{args.healthz_port}: {exc.strerror or exc}",
                               "--healthz-port") from exc
@@ -137,15 +201,22 @@ async def run(args: argparse.Namespace, underlay: Underlay, prestarted: Any) -> 
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    if units is not None and health is not None:
+        units.opts.api = f"http://{underlay.address}:{health.port}"
     try:
-        if switch is None:
-            await agent.run()
-        else:
-            await asyncio.gather(agent.run(), switch.run(switch_stop))
+        loops = [agent.run()]
+        if switch is not None:
+            loops.append(switch.run(switch_stop))
+        if units is not None and engine is not None:
+            loops += [units.run(switch_stop), engine.run(switch_stop)]
+        await asyncio.gather(*loops)
     finally:
         if switch is not None:
             switch.close()
             await switch.store.close()
+        if units is not None:
+            units.close()
+            await units.store.close()
         if health is not None:
             health.close()
         await registry.close()
@@ -176,6 +247,50 @@ def make_switch(args: argparse.Namespace, underlay: Underlay, metrics: Any) -> A
              args.ovs_datapath, node, options.tunnel_ip)
     return SwitchAgent(store, OvsSwitch(args.ovs_rundir, args.ovs_bridge, args.ovs_datapath),
                        Wiring(args.docker_host, tx_off=args.ovs_datapath == "netdev"), options, metrics.registry)
+
+
+def make_units(args: argparse.Namespace, underlay: Underlay, metrics: Any) -> tuple[Any, Any]:
+    """The machine loop and the engine (netd.agent.units, netd.agent.engine), on one etcd connection."""
+    from netd.adapters.etcd import EtcdTLS
+    from netd.adapters.fleet import EtcdFleetStore
+    from netd.adapters.runtime import DockerRuntime, NetnsRuntime, Overlay
+    from netd.agent.engine import Engine
+    from netd.agent.units import UnitAgent, UnitOptions
+    from netd.model.units import Machine
+
+    machine_id = args.machine_id
+    if not machine_id:
+        try:
+            with open("/etc/machine-id") as fh:
+                machine_id = fh.read().strip()
+        except OSError:
+            machine_id = ""
+    if not machine_id:
+        raise ConfigError("no machine ID: /etc/machine-id is empty or missing; give one", "--machine-id")
+    cpu = args.machine_cpu if args.machine_cpu is not None else (os.cpu_count() or 1) * 1000
+    memory = args.machine_memory
+    if memory is None:
+        try:
+            with open("/proc/meminfo") as fh:
+                memory = int(next(line for line in fh if line.startswith("MemTotal:")).split()[1]) * 1024
+        except (OSError, StopIteration, ValueError):
+            memory = 0
+    machine = Machine(machine_id, str(underlay.address), args.metadata or {}, cpu, memory)
+    on_gateway, listen = _dns_listen(args.dns_listen)
+    store = EtcdFleetStore(args.etcd_endpoints, prefix=args.netd_prefix,
+                           tls=EtcdTLS(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile))
+    runtimes: dict[str, Any] = {"netns": NetnsRuntime(args.state_dir)}
+    if args.docker_host or os.path.exists("/var/run/docker.sock"):
+        runtimes["docker"] = DockerRuntime(machine_id, args.docker_host)
+    opts = UnitOptions(machine, args.state_dir, args.subnet_file, machine_ttl=args.machine_ttl,
+                       resync_interval=args.resync_interval, domain=args.dns_domain, dns_listen=listen,
+                       dns_on_gateway=on_gateway)
+    units = UnitAgent(store, runtimes, Overlay(), opts, metrics.registry)
+    engine = Engine(store, machine_id, lambda: units.lease, metrics.registry, args.resync_interval)
+    log.info("machine %s (%s; metadata %s; %dm CPU, %d MiB), runtimes %s, DNS for %s", machine_id, machine.ip,
+             ",".join(f"{k}={v}" for k, v in machine.metadata.items()) or "none", cpu, memory >> 20,
+             ", ".join(runtimes), args.dns_domain)
+    return units, engine
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 from netd.adapters.etcd import EtcdRegistry
 from netd.cli.common import FlagParser, add_etcd_flags, add_flag, config_key, make_registry
 from netd.cli.specs_cmd import SPEC_COMMANDS, add_spec_commands, run_spec_command
+from netd.cli.units_cmd import UNIT_COMMANDS, add_unit_commands, run_unit_command
 from netd.errors import ConfigError, NetdError
 from netd.model import parse_network_config
 from netd.model.config import BACKEND_DEFAULTS, network_config_from_json
@@ -41,6 +42,7 @@ def build_parser() -> FlagParser:
     leases.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     add_spec_commands(p, sub)
+    add_unit_commands(sub)
 
     stats = sub.add_parser("stats", help="the udp fast path's counters of the local netd (from its /metrics)")
     add_flag(stats, "--url", env="NETD_STATS_URL", default="http://127.0.0.1:9180/metrics",
@@ -161,6 +163,8 @@ async def run(args: argparse.Namespace) -> int:
         return show_stats(args)
     if args.cmd in SPEC_COMMANDS:
         return await run_spec_command(args)
+    if args.cmd in UNIT_COMMANDS:
+        return await run_unit_command(args)
     reg = make_registry(args)
     try:
         if args.cmd == "config":

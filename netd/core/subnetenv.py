@@ -51,3 +51,15 @@ def previous_ipv6_subnet(text: str) -> ipaddress.IPv6Network | None:
         return ipaddress.IPv6Interface(value).network if value else None
     except ValueError:
         return None
+
+
+def overlay_of(text: str) -> tuple[ipaddress.IPv4Interface, int] | None:
+    """What units on this host are wired with, from subnet.env: the gateway (FLANNEL_SUBNET, the
+    subnet's first address with its prefix) and FLANNEL_MTU; None before the lease (or unreadable)."""
+    env = parse_subnet_env(text)
+    try:
+        gateway = ipaddress.IPv4Interface(env["FLANNEL_SUBNET"])
+        mtu = int(env.get("FLANNEL_MTU", "1450"))
+    except (KeyError, ValueError):
+        return None
+    return (gateway, mtu) if 576 <= mtu <= 65535 and gateway.network.prefixlen < 31 else None
