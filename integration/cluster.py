@@ -280,6 +280,10 @@ class ClusterBase:
         """Host i's machine ID (netd's --machine-id, default /etc/machine-id)."""
         return self.exec(i, "cat", "/etc/machine-id").stdout.strip()
 
+    def halt(self, i: int) -> None:
+        """Host i stops: netd and every process on it (it is not brought back)."""
+        raise NotImplementedError
+
     def ovs_tool(self, i: int, tool: str, *args: str) -> str:
         """An OVS tool (ovs-appctl, ovs-ofctl, ovs-vsctl) against host i's Open vSwitch."""
         return self.exec(i, tool, *args).stdout
@@ -451,6 +455,10 @@ class Cluster(ClusterBase):
         shutil.rmtree(h.workdir, ignore_errors=True)
         self.hosts[i - 1] = self._make_host(i)
         self.start_netd(i, *flags)
+
+    def halt(self, i: int) -> None:
+        self.stop_netd(i, signal.SIGKILL)
+        self.kill_units(i)
 
     def kill_units(self, i: int) -> int:
         """Kill the processes of host i's netns-runtime units (they outlive netd, by design), by the pid

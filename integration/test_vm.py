@@ -208,3 +208,44 @@ def test_reboot_brings_the_host_back_with_its_subnet(cluster):
     c.wait_mesh(timeout=120)
     a, b = c.add_container(1), c.add_container(2)
     assert c.can_ping(a, b.ip) and c.can_ping(b, a.ip)
+
+
+# Last: it halts node 2 (on the VMs, `vagrant halt`; the stage tears the VMs down after it).
+@pytest.mark.timeout(600)
+def test_a_unit_submitted_on_node1_runs_on_node2_and_moves_when_node2_halts(cluster):
+    """An anchor unit pinned to node 1 that the unit conflicts with puts it on node 2; the anchor
+    destroyed and node 2 halted, its lease expires (TTL 30 s on the VMs) and it runs on node 1."""
+    import tempfile
+
+    c = cluster
+    c.wait_ready(timeout=120)
+    node1, node2 = c.machine_id(1), c.machine_id(2)
+    files = {"anchor.service": f"[Service]\nExecStart=sleep 100000\n[X-Fleet]\nMachineID={node1}\n",
+             "vm-web.service": "[Service]\nExecStart=sh -c 'mkdir -p /tmp/w && echo from-%n > /tmp/w/i && exec "
+                               "python3 -m http.server 8080 -d /tmp/w'\n[X-Fleet]\nConflicts=anchor.service\n"
+                               "[X-Netd]\nPort=8080\n"}
+    paths = []
+    for name, text in files.items():
+        with tempfile.NamedTemporaryFile("w", suffix=".tmp", delete=False) as fh:
+            fh.write(text)
+        c.copy_to(1, fh.name, f"/tmp/{name}")
+        os.unlink(fh.name)
+        paths.append(f"/tmp/{name}")
+    c.netctl(1, "start", paths[0])
+
+    def where() -> dict[str, str]:
+        rows = json.loads(c.netctl(1, "list-units", "-o", "json", "--fields", "unit,machine,sub").stdout)
+        return {r["unit"]: r["machine"].split("/")[0] for r in rows if r["sub"] == "running"}
+
+    wait_for(lambda: where().get("anchor.service") == node1, 120, where)
+    c.netctl(1, "start", paths[1])
+    wait_for(lambda: where().get("vm-web.service") == node2, 120, where)
+    ep = json.loads(c.netctl(1, "endpoints", "vm-web", "-o", "json").stdout)[0]
+    got = c.exec(1, "python3", "-c", f"import urllib.request; print(urllib.request.urlopen('http://{ep['ip']}:8080/i',"
+                 " timeout=10).read().decode())", check=False)
+    assert got.stdout.strip() == "from-vm-web.service", got.stderr  # node 1 reaches it on node 2, over the overlay
+    c.netctl(1, "destroy", "anchor.service")
+    c.halt(2)
+    wait_for(lambda: where().get("vm-web.service") == node1, 240, where)
+    moved = json.loads(c.netctl(1, "endpoints", "vm-web", "-o", "json").stdout)
+    assert [e["machine"] for e in moved] == [node1], moved

@@ -82,5 +82,9 @@ class VagrantCluster(ClusterBase):
         self.vagrant("reload", f"node{i}", "--no-provision")
         self.refresh_ssh()
 
+    def halt(self, i: int) -> None:
+        """`vagrant halt`: the VM powers off (the stage's last scenario: it is not brought back)."""
+        self.vagrant("halt", f"node{i}")
+
     def close(self) -> None:
         return None  # the VMs belong to integration/vagrant/cluster (up/down)

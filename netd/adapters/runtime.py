@@ -281,6 +281,10 @@ class Overlay:
             ipr.addr("add", index=idx, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
         ipr.link("set", index=idx, mtu=mtu, state="up")
 
+    def has_bridge(self) -> bool:
+        """netd0 exists (made when the first unit is wired: a host without units has none)."""
+        return bool(self.ipr.link_lookup(ifname=BRIDGE))
+
     @staticmethod
     def port(unit: str) -> str:
         return "nv" + short(unit)

@@ -251,7 +251,7 @@ class UnitAgent:
             log.warning("units sync failed: %s", exc)
             return
         self.error = None
-        if overlay is not None and self.opts.dns_on_gateway:
+        if overlay is not None and self.opts.dns_on_gateway and await self._on_pool(self.overlay.has_bridge):
             try:
                 await self.dns.listen(str(overlay[0].ip), 53)
             except OSError as exc:

@@ -125,6 +125,11 @@ async def run_unit_command(args: argparse.Namespace) -> int:
         await store.close()
 
 
+def _full(args: argparse.Namespace) -> bool:
+    """Whole machine IDs and hashes: asked for (-l), or for a program (-o json)."""
+    return bool(getattr(args, "full", False)) or getattr(args, "output", "table") == "json"
+
+
 def _short(text: str, full: bool, n: int = 8) -> str:
     return text if full or len(text) <= n else text[:n] + "..."
 
@@ -142,7 +147,7 @@ def _print_table(args: argparse.Namespace, fields: list[str], rows: list[dict[st
 
 
 def _list_machines(args: argparse.Namespace, view: Any) -> int:
-    rows = [{"machine": _short(mid, args.full), "ip": m.ip, "metadata": ",".join(f"{k}={v}" for k, v in
+    rows = [{"machine": _short(mid, _full(args)), "ip": m.ip, "metadata": ",".join(f"{k}={v}" for k, v in
                                                                              sorted(m.metadata.items())) or "-",
              "cpu": m.cpu, "memory": m.memory, **({"id": mid} if args.output == "json" else {})}
             for mid, (m, _, _) in sorted(view.machines.items())]
@@ -175,12 +180,12 @@ def _list_units(args: argparse.Namespace, view: Any, states: dict[str, list[dict
             if rec is None or rec.desired == "inactive" or name.split("@")[-1].startswith("."):
                 continue  # listed by list-unit-files only (as fleetctl: list-units shows what is placed or runs)
             mid = view.placements.get(name, ("", 0))[0]
-            rows.append({"unit": name, "machine": _machine_label(mid, view, args.full) if mid else "-",
+            rows.append({"unit": name, "machine": _machine_label(mid, view, _full(args)) if mid else "-",
                          "active": "inactive" if mid else "-", "sub": "placed" if mid else "unplaced",
                          "ip": "", "restarts": 0, "message": unplaced.get(name, "")})
             continue
         for st in reported:
-            rows.append({"unit": name, "machine": _machine_label(st.get("machine", ""), view, args.full),
+            rows.append({"unit": name, "machine": _machine_label(st.get("machine", ""), view, _full(args)),
                          "active": st.get("active", "-"), "sub": st.get("sub", "-"), "ip": st.get("ip") or "",
                          "restarts": st.get("restarts", 0), "message": st.get("message") or ""})
     _print_table(args, _fields(args, UNIT_FIELDS), rows)
@@ -201,8 +206,8 @@ def _list_unit_files(args: argparse.Namespace, view: Any, states: dict[str, list
             desc, h, glob = f"unreadable: {exc}", "", False
         state = ("launched" if any(st.get("sub") == "running" for st in reported) else "loaded" if placed or reported
                  else "inactive")
-        rows.append({"unit": name, "hash": h if args.full else h[:7], "dstate": rec.desired, "state": state,
-                     "target": "global" if glob else (_machine_label(placed, view, args.full) if placed else "-"),
+        rows.append({"unit": name, "hash": h if _full(args) else h[:7], "dstate": rec.desired, "state": state,
+                     "target": "global" if glob else (_machine_label(placed, view, _full(args)) if placed else "-"),
                      "desc": desc})
     _print_table(args, _fields(args, FILE_FIELDS), rows)
     return 0
