@@ -235,3 +235,33 @@ def test_a_docker_unit_runs_on_the_overlay_and_shows_its_output(make_cluster, do
     c.netctl(1, "destroy", "www.service")
     wait_for(lambda: not dockerd.client().containers.list(all=True, filters={"label": "netd.unit=www.service"}), 20,
              "the container stayed")
+
+
+def test_a_unit_on_a_tenant_network_gets_an_endpoint_there(make_cluster):
+    """Network=tenant:blue: an Endpoint object in the unit's namespace, wired by the switch loop on its
+    host; a namespace endpoint of blue on the other host reaches it; stopped, the Endpoint goes."""
+    from integration.tenants import TENANTS, apply_specs, attach, endpoint_states
+
+    c = make_cluster(2, ovs=True)
+    c.set_config({"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}})
+    for i in (1, 2):
+        c.start_netd(i, f"--machine-ttl={TTL}s")
+    c.wait_ready(timeout=60)
+    apply_specs(c, TENANTS)
+    unit = (f"[Service]\nExecStart=python3 -m integration.tools tcp-echo 7000\n[X-Fleet]\nMachineID="
+            f"{c.machine_id(1)}\n[X-Netd]\nNetwork=overlay tenant:blue\n")
+    c.netctl(1, "start", *_unit_file(c, "blue-svc.service", unit))
+    wait_running(c, ["blue-svc.service"])
+
+    def endpoint() -> dict:
+        eps = json.loads(c.netctl(1, "get", "endpoints", "-o", "json").stdout)
+        return next((e for e in eps if e["metadata"]["name"] == "u-blue-svc-blue"), {})
+
+    wait_for(lambda: endpoint().get("state") == "wired", 30, lambda: (endpoint(), endpoint_states(c)))
+    ep = endpoint()
+    assert ep["spec"]["host"] == "h1" and ep["metadata"]["labels"] == {"netd.unit": "blue-svc.service"}
+    peer = attach(c, 2, "blue", "10.20.0.77", "peer")
+    wait_for(lambda: endpoint_states(c).get("peer") == "wired", 30, lambda: endpoint_states(c))
+    assert peer.ping(ep["address"]["ip"], count=2)
+    c.netctl(1, "stop", "blue-svc.service")
+    wait_for(lambda: endpoint() == {}, 30, "the unit's Endpoint stayed after it stopped")

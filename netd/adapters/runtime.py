@@ -54,6 +54,10 @@ class Running:
 class Runtime(Protocol):
     name: str
 
+    def target(self, unit: str) -> tuple[str, str]:
+        """How an Endpoint names the unit's namespace: ("netns", name) or ("container", name)."""
+        ...
+
     def start(self, unit: str, command: list[str], image: str | None, env: dict[str, str],
               dns: str | None) -> Running: ...
 
@@ -112,7 +116,12 @@ class NetnsRuntime:
             time.sleep(0.01)
         with open(meta, "w") as fh:
             json.dump({"unit": unit, "pid": p.pid, "start": _start_time(p.pid)}, fh)
+        # a name for its network namespace, as `ip netns` lists it: what an Endpoint on a tenant network names
+        subprocess.run(["ip", "netns", "attach", self.target(unit)[1], str(p.pid)], capture_output=True)
         return self.status(unit) or Running(unit, False, "", p.poll(), p.pid)
+
+    def target(self, unit: str) -> tuple[str, str]:
+        return "netns", "nu-" + short(unit)
 
     def status(self, unit: str) -> Running | None:
         meta = self._paths(unit)[0]
@@ -148,6 +157,7 @@ class NetnsRuntime:
         if child is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
+        subprocess.run(["ip", "netns", "delete", self.target(unit)[1]], capture_output=True)  # the name only
         meta, _, resolv = self._paths(unit)
         for path in (meta, resolv):
             with contextlib.suppress(FileNotFoundError):
@@ -198,6 +208,9 @@ class DockerRuntime:
 
     def _container_name(self, unit: str) -> str:
         return "netd-" + short(unit)
+
+    def target(self, unit: str) -> tuple[str, str]:
+        return "container", self._container_name(unit)
 
     def _get(self, unit: str) -> Any:
         import docker.errors

@@ -36,7 +36,7 @@ from netd.adapters.dns import DnsServer
 from netd.adapters.fleet import EtcdFleetStore, UnitRecord, machine_record
 from netd.adapters.runtime import Overlay, Runtime
 from netd.aio import supervise
-from netd.core.dns import Published, parse_published
+from netd.core.dns import Published, parse_published, unit_label
 from netd.core.schedule import metadata_fits
 from netd.core.subnetenv import overlay_of
 from netd.errors import DataplaneError, NetdError, RegistryRefused, RegistryUnavailable
@@ -58,6 +58,9 @@ class UnitOptions:
     domain: str = "netd.local"
     dns_listen: list[tuple[str, int]] = field(default_factory=list)
     dns_on_gateway: bool = True
+    #: this host's name in Endpoint specs (the switch loop's --node-name): units on tenant networks
+    #: get Endpoint objects on it; "" when the host has no switch (--ovs-bridge)
+    node: str = ""
 
 
 @dataclass
@@ -256,6 +259,11 @@ class UnitAgent:
                 await self.dns.listen(str(overlay[0].ip), 53)
             except OSError as exc:
                 log.warning("DNS on %s:53: %s", overlay[0].ip, exc)
+        if self.opts.node or any(loc.unit.spec.tenants for loc in self._local.values()):
+            try:
+                await self._tenant_endpoints(reports)
+            except (RegistryUnavailable, RegistryRefused, NetdError) as exc:
+                log.warning("units' tenant endpoints: %s", exc)
         await self._publish_reports(reports)
 
     def _read_subnet_env(self) -> str:
@@ -451,6 +459,57 @@ class UnitAgent:
             await self._publish(items)
         except (RegistryUnavailable, RegistryRefused) as exc:
             log.debug("publishing unit reports: %s", exc)
+
+    async def _tenant_endpoints(self, reports: dict[str, dict[str, Any]]) -> None:
+        """An Endpoint object (netd/v1) for each running unit on each tenant network it names, in the
+        unit's namespace (the switch loop wires it, on this host's OVS), labelled with the unit;
+        deleted when the unit stops or leaves. Written through the same checked plans as netctl's."""
+        from netd.core.specplan import PlanError, plan_apply, plan_delete
+        from netd.errors import ConflictError
+        from netd.model.specs import Endpoint, check_objects, parse_object
+
+        wanted: dict[str, Any] = {}
+        for name, loc in sorted(self._local.items()):
+            if reports.get(name, {}).get("sub") != "running" or not loc.unit.spec.tenants:
+                continue
+            if not self.opts.node:
+                reports[name]["message"] = "tenant networks need this host's switch (--ovs-bridge)"
+                continue
+            kind, target = self._runtime(loc.unit).target(name)
+            for tenant in loc.unit.spec.tenants:
+                ep_name = f"u-{unit_label(name)}-{tenant}"[:63].rstrip("-")
+                obj, issues = parse_object({"apiVersion": "netd/v1", "kind": "Endpoint",
+                                            "metadata": {"name": ep_name, "labels": {"netd.unit": name}},
+                                            "spec": {"tenant": tenant, "host": self.opts.node, kind: target}})
+                if obj is None:
+                    reports[name]["message"] = f"tenant {tenant}: " + "; ".join(i.message for i in issues)
+                    continue
+                wanted[ep_name] = obj
+        for _ in range(5):
+            stored, _bad = await self.store.read()
+            mine = {o.metadata.name: o for o, _ in stored.objects.values() if isinstance(o, Endpoint)
+                    and o.metadata.labels.get("netd.unit") and o.spec.host == self.opts.node}
+            add = [o for n, o in wanted.items() if n not in mine or mine[n] != o]
+            refused = {add[i.index].metadata.name: i.message for i in check_objects(
+                list(enumerate(add)), [o for o, _ in stored.objects.values()]) if i.index is not None}
+            for ep, why in refused.items():  # (a tenant that does not exist: said on the unit, not fatal)
+                unit = wanted[ep].metadata.labels["netd.unit"]
+                reports.get(unit, {})["message"] = f"endpoint {ep}: {why}"
+            add = [o for o in add if o.metadata.name not in refused]
+            gone = [("Endpoint", n) for n in mine if n not in wanted]
+            try:
+                if add:
+                    await self.store.commit(plan_apply(add, stored), stored)
+                    log.info("units' tenant endpoints: %s", ", ".join(o.metadata.name for o in add))
+                    continue  # (read again before deleting: one plan per read)
+                if gone:
+                    await self.store.commit(plan_delete(gone, stored, force=True), stored)
+                return
+            except ConflictError:
+                continue
+            except PlanError as exc:
+                log.warning("units' tenant endpoints: %s", exc)
+                return
 
     def journal(self, unit: str, lines: int) -> str | None:
         for rt in self.runtimes.values():

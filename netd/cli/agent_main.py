@@ -282,9 +282,12 @@ def make_units(args: argparse.Namespace, underlay: Underlay, metrics: Any) -> tu
     runtimes: dict[str, Any] = {"netns": NetnsRuntime(args.state_dir)}
     if args.docker_host or os.path.exists("/var/run/docker.sock"):
         runtimes["docker"] = DockerRuntime(machine_id, args.docker_host)
+    import socket
+
+    node = (args.node_name or socket.gethostname().split(".")[0]) if args.ovs_bridge else ""
     opts = UnitOptions(machine, args.state_dir, args.subnet_file, machine_ttl=args.machine_ttl,
                        resync_interval=args.resync_interval, domain=args.dns_domain, dns_listen=listen,
-                       dns_on_gateway=on_gateway)
+                       dns_on_gateway=on_gateway, node=node)
     units = UnitAgent(store, runtimes, Overlay(), opts, metrics.registry)
     engine = Engine(store, machine_id, lambda: units.lease, metrics.registry, args.resync_interval)
     log.info("machine %s (%s; metadata %s; %dm CPU, %d MiB), runtimes %s, DNS for %s", machine_id, machine.ip,
