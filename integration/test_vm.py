@@ -249,3 +249,6 @@ def test_a_unit_submitted_on_node1_runs_on_node2_and_moves_when_node2_halts(clus
     wait_for(lambda: where().get("vm-web.service") == node1, 240, where)
     moved = json.loads(c.netctl(1, "endpoints", "vm-web", "-o", "json").stdout)
     assert [e["machine"] for e in moved] == [node1], moved
+    wait_for(lambda: c.exec(1, "python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                               f"'http://{moved[0]['ip']}:8080/i', timeout=10).read().decode())",
+                               check=False).stdout.strip() == "from-vm-web.service", 60, "not reachable after the move")

@@ -19,6 +19,7 @@ Every write that can race is a transaction (create if absent, or compare the mod
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,19 +58,21 @@ class UnitRecord:
             doc = yaml.safe_load(self.text)
             if not isinstance(doc, dict):
                 raise UnitError(self.name, "stored YAML is no mapping")
-            return unit_from_yaml(doc, self.name, self.text)
+            # the record's name wins: an instance (web@1) is stored with its template's text
+            return dataclasses.replace(unit_from_yaml(doc, self.name, self.text), name=self.name)
         return unit_from_file(self.name, self.text)
 
 
 def machine_record(m: Machine, api: str = "") -> bytes:
     return json.dumps({"id": m.id, "ip": m.ip, "metadata": dict(m.metadata), "cpu": m.cpu, "memory": m.memory,
-                       "api": api}, sort_keys=True).encode()
+                       "runtimes": list(m.runtimes), "api": api}, sort_keys=True).encode()
 
 
 def machine_of(raw: bytes) -> tuple[Machine, str]:
     d = json.loads(raw)
     return Machine(str(d["id"]), str(d.get("ip", "")), {str(k): str(v) for k, v in d.get("metadata", {}).items()},
-                   int(d.get("cpu", 0)), int(d.get("memory", 0))), str(d.get("api", ""))
+                   int(d.get("cpu", 0)), int(d.get("memory", 0)), tuple(str(r) for r in d.get("runtimes", []))), \
+        str(d.get("api", ""))
 
 
 @dataclass
@@ -196,7 +199,12 @@ class EtcdFleetStore(EtcdObjectStore):
         return int(response.header.revision)
 
     # -- the engine -------------------------------------------------------------------------------------
-    async def apply_task(self, task: Task, view: FleetView) -> bool:
+    def _fence(self, leader: tuple[str, int] | None) -> list[Any]:
+        """The engine writes only while its election key is the one it won with (etcd's IsOwner):
+        a leader whose lease lapsed mid-pass writes nothing more."""
+        return [atx.Create(self.key(leader[0])) == leader[1]] if leader else []
+
+    async def apply_task(self, task: Task, view: FleetView, leader: tuple[str, int] | None = None) -> bool:
         """One task in one transaction, only if what it was decided from still holds: the unit's
         record and, to schedule, the machine and no placement of the unit; to unschedule, the
         placement as read. False: something changed (the next reconcile decides again)."""
@@ -207,12 +215,13 @@ class EtcdFleetStore(EtcdObjectStore):
             if held is None:
                 return True
             ops = [atx.Delete(placement), atx.Delete(self.key(f"schedule/{held[0]}/{task.unit}"))]
-            response = await self._txn("unschedule " + task.unit, [atx.Mod(placement) == held[1]], ops)
+            response = await self._txn("unschedule " + task.unit, [atx.Mod(placement) == held[1],
+                                                                   *self._fence(leader)], ops)
             return bool(response.succeeded)
         rec, mod = view.units[task.unit]
         machine = view.machines[task.machine]
         compare = [atx.Mod(unit_key) == mod, atx.Version(placement) == 0,
-                   atx.Version(self.key(f"machines/{task.machine}")) > 0]
+                   atx.Version(self.key(f"machines/{task.machine}")) > 0, *self._fence(leader)]
         payload = json.dumps({"unit": rec.name, "format": rec.format, "text": rec.text, "desired": rec.desired},
                              sort_keys=True).encode()
         ops = [atx.Put(placement, json.dumps({"machine": task.machine}).encode(), lease=machine[1]),
@@ -220,7 +229,8 @@ class EtcdFleetStore(EtcdObjectStore):
         response = await self._txn("schedule " + task.unit, compare, ops)
         return bool(response.succeeded)
 
-    async def refresh_schedule(self, unit: str, machine: str, view: FleetView) -> bool:
+    async def refresh_schedule(self, unit: str, machine: str, view: FleetView,
+                               leader: tuple[str, int] | None = None) -> bool:
         """A placed unit's desired state or text changed: its machine's copy follows."""
         rec, mod = view.units[unit]
         held = view.placements.get(unit)
@@ -230,9 +240,28 @@ class EtcdFleetStore(EtcdObjectStore):
         payload = json.dumps({"unit": rec.name, "format": rec.format, "text": rec.text, "desired": rec.desired},
                              sort_keys=True).encode()
         response = await self._txn("refresh " + unit, [atx.Mod(self.key(f"units/{unit}")) == mod,
-                                                       atx.Mod(self.key(f"placements/{unit}")) == held[1]],
+                                                       atx.Mod(self.key(f"placements/{unit}")) == held[1],
+                                                       *self._fence(leader)],
                                    [atx.Put(self.key(f"schedule/{machine}/{unit}"), payload, lease=lease)])
         return bool(response.succeeded)
+
+    async def delete_if(self, sub: str, value: bytes) -> bool:
+        """Delete ``sub`` only if it still holds ``value`` (ours): a unit moved meanwhile has a new
+        record there, written by its new machine, which must stay."""
+        response = await self._txn("withdraw " + sub, [atx.Value(self.key(sub)) == value], [atx.Delete(self.key(sub))])
+        return bool(response.succeeded)
+
+    async def register(self, machine_id: str, record: bytes, lease_id: int) -> str | None:
+        """``machines/<id>`` on our lease, unless another live lease holds it (another netd with this
+        ID: cloned disks, hosts sharing /etc/machine-id); then who (its record), and nothing written."""
+        key = self.key(f"machines/{machine_id}")
+        got = await self._call("read machine", lambda c: c.get(key))
+        if got is not None and int(got.lease) not in (0, lease_id):
+            ttl = await self._call("machine lease", lambda c: c.get_lease_info(int(got.lease)))
+            if int(getattr(ttl, "TTL", -1)) > 0:
+                return bytes(got.value).decode(errors="replace")
+        await self.put_bound(f"machines/{machine_id}", record, lease_id)
+        return None
 
     # -- election (etcd's recipe) ------------------------------------------------------------------------
     async def campaign(self, lease_id: int, machine: str) -> str:

@@ -97,6 +97,7 @@ class NetnsRuntime:
     def start(self, unit: str, command: list[str], image: str | None, env: dict[str, str],
               dns: str | None) -> Running:
         meta, logpath, resolv = self._paths(unit)
+        _rotate(logpath)
         with open(resolv, "w") as fh:
             fh.write(f"nameserver {dns}\n" if dns else "")
         wrapper = ["unshare", "--net", "--mount", "--propagation", "private", "--", "sh", "-c",
@@ -117,7 +118,9 @@ class NetnsRuntime:
         with open(meta, "w") as fh:
             json.dump({"unit": unit, "pid": p.pid, "start": _start_time(p.pid)}, fh)
         # a name for its network namespace, as `ip netns` lists it: what an Endpoint on a tenant network names
-        subprocess.run(["ip", "netns", "attach", self.target(unit)[1], str(p.pid)], capture_output=True)
+        name = self.target(unit)[1]
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)  # a crashed one's, still named
+        subprocess.run(["ip", "netns", "attach", name, str(p.pid)], capture_output=True)
         return self.status(unit) or Running(unit, False, "", p.poll(), p.pid)
 
     def target(self, unit: str) -> tuple[str, str]:
@@ -181,6 +184,22 @@ class NetnsRuntime:
                 except (OSError, ValueError, KeyError):
                     continue
         return sorted(out)
+
+
+LOG_MAX = 4 << 20  # a unit's log beyond this keeps its last quarter at the next start
+
+
+def _rotate(path: str) -> None:
+    try:
+        if os.path.getsize(path) <= LOG_MAX:
+            return
+        with open(path, "rb") as fh:
+            fh.seek(-LOG_MAX // 4, os.SEEK_END)
+            tail = fh.read()
+        with open(path, "wb") as fh:
+            fh.write(b"--- (earlier output dropped)\n" + tail)
+    except OSError:
+        pass
 
 
 def _netns_of(pid: int) -> str:
@@ -260,11 +279,11 @@ class DockerRuntime:
         return c.logs(tail=lines).decode(errors="replace") if c is not None else ""
 
     def units(self) -> list[str]:
-        try:
-            found = self._docker().containers.list(all=True, filters={"label": f"netd.machine={self.machine}"})
+        try:  # the list alone (the high-level list inspects each, racing a container being removed)
+            found = self._docker().api.containers(all=True, filters={"label": f"netd.machine={self.machine}"})
         except Exception as exc:  # noqa: BLE001
             raise DataplaneError(f"listing Docker's containers: {exc}") from exc
-        return sorted(str(c.labels.get("netd.unit")) for c in found if c.labels.get("netd.unit"))
+        return sorted(str(c["Labels"]["netd.unit"]) for c in found if (c.get("Labels") or {}).get("netd.unit"))
 
 
 class Overlay:

@@ -38,7 +38,7 @@ from netd.adapters.runtime import Overlay, Runtime
 from netd.aio import supervise
 from netd.core.dns import Published, parse_published, unit_label
 from netd.core.schedule import metadata_fits
-from netd.core.subnetenv import overlay_of
+from netd.core.subnetenv import overlay_of, units_side
 from netd.errors import DataplaneError, NetdError, RegistryRefused, RegistryUnavailable
 from netd.model.units import Machine, Unit, UnitError, UnitName
 
@@ -97,6 +97,9 @@ class UnitAgent:
         self._local: dict[str, _Local] = {}
         self._addresses: dict[str, str] = self._load_addresses()
         self._published: dict[str, bytes] = {}
+        self._lease_ok = 0.0  # when the lease was last kept alive (monotonic)
+        self._duplicate = False  # another live netd holds our machine ID
+        self._refreshed = 0.0  # when our published keys were last written again whatever the cache said
         self._wake = asyncio.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="units")
         self.dns = DnsServer(lambda: list(self.endpoints.values()), options.domain)
@@ -150,17 +153,32 @@ class UnitAgent:
                 self.lease = None
         interval = max(1.0, self.opts.machine_ttl / 3)
         record = machine_record(self.opts.machine, self.opts.api)
+        seeded = False
         while not stopping.is_set():
             try:
                 if self.lease is None or await self.store.keepalive(self.lease) == 0:
+                    self.wake()
                     self.lease = await self.store.grant(self.opts.machine_ttl)
                     self._published.clear()
                     with open(self._lease_file(), "w") as fh:
                         fh.write(f"{self.lease:x}\n")
                     log.info("machine %s registered (lease %x, TTL %ds)", self.opts.machine.id, self.lease,
                              self.opts.machine_ttl)
-                    self.wake()
-                await self._publish({f"machines/{self.opts.machine.id}": record})
+                self._lease_ok = time.monotonic()
+                if not seeded:  # a restart that kept its lease: what it published before is ours to withdraw
+                    await self._seed_published()
+                    seeded = True
+                holder = await self.store.register(self.opts.machine.id, record, self.lease)
+                if holder is not None:
+                    self.error = (f"machine ID {self.opts.machine.id} is another netd's (a live lease holds it: "
+                                  f"{holder}): give this one its own --machine-id")
+                    if not self._duplicate:
+                        log.error("%s", self.error)
+                    self._duplicate = True
+                else:
+                    if self._duplicate:
+                        log.info("machine ID %s is ours again", self.opts.machine.id)
+                    self._duplicate = False
             except RegistryRefused as exc:
                 if exc.code == "NOT_FOUND":  # the lease we kept is gone: a new one at once
                     self.lease = None
@@ -173,12 +191,31 @@ class UnitAgent:
             except TimeoutError:
                 pass
 
+    async def _seed_published(self) -> None:
+        """This machine's state/ and endpoints/ keys as etcd has them (a netd restarted on its old lease
+        must withdraw those of units stopped or moved while it was away)."""
+        m = self.opts.machine.id
+        for key, raw in (await self.store.read_prefix("state/")).items():
+            if key.endswith(f"/{m}"):
+                self._published.setdefault(f"state/{key}", raw)
+        for key, raw in (await self.store.read_prefix("endpoints/")).items():
+            try:
+                mine = json.loads(raw).get("machine") == m
+            except (ValueError, AttributeError):
+                mine = False
+            if mine:
+                self._published.setdefault(f"endpoints/{key}", raw)
+
     async def _publish(self, items: dict[str, bytes | None]) -> None:
         for key, value in items.items():
             if self._published.get(key) == value:
                 continue
             if value is None:
-                await self.store.delete_key(key)
+                # only if it is still what we wrote: a unit moved meanwhile has its new machine's there
+                if key in self._published:
+                    await self.store.delete_if(key, self._published[key])
+                else:
+                    await self.store.delete_key(key)
                 self._published.pop(key, None)
             elif self.lease is not None:
                 await self.store.put_bound(key, value, self.lease)
@@ -241,12 +278,30 @@ class UnitAgent:
     async def sync_once(self) -> None:
         if self.lease is None:
             return
+        now = time.monotonic()
+        if self._duplicate or now - self._lease_ok > self.opts.machine_ttl:
+            # fenced: our lease has lapsed (etcd away longer than the TTL: the engine has placed our
+            # units elsewhere by now) or our machine ID is another netd's: run nothing
+            why = "our machine ID is another netd's" if self._duplicate else \
+                f"no keepalive for {now - self._lease_ok:.0f}s (TTL {self.opts.machine_ttl}s)"
+            if self.error != f"fenced: {why}":
+                log.warning("stopping every unit: %s", why)
+            await self._on_pool(self._apply, {}, None)
+            self.error = f"fenced: {why}"
+            return
         try:
             wanted = await self._read_wanted()
+            if now - self._refreshed > 6 * self.opts.resync_interval:
+                # now and then every key of ours is written again and the endpoints read whole:
+                # a key lost (or withdrawn by a machine out of step) comes back, a missed event too
+                self._published = {k: v for k, v in self._published.items() if not k.startswith(("state/",
+                                                                                                 "endpoints/"))}
+                await self._reload_endpoints()
+                self._refreshed = now
         except (RegistryUnavailable, RegistryRefused) as exc:
             self.error = f"etcd: {exc}"
-            return  # what runs keeps running; the next sync tries again
-        overlay = overlay_of(self._read_subnet_env())
+            return  # what runs keeps running (until the lease lapses); the next sync tries again
+        overlay = units_side(overlay_of(self._read_subnet_env()))
         try:
             reports = await self._on_pool(self._apply, wanted, overlay)
         except (DataplaneError, NetdError) as exc:
@@ -274,7 +329,8 @@ class UnitAgent:
             return ""
 
     async def _read_wanted(self) -> dict[str, tuple[Unit, str]]:
-        """unit -> (its spec, desired state): placed here, and the matching global units."""
+        """unit -> (its spec, desired state): placed here, and the matching global units. One that
+        cannot be read any more (rules tightened by an upgrade) keeps running as it was."""
         out: dict[str, tuple[Unit, str]] = {}
         for name, value in (await self.store.read_json(f"schedule/{self.opts.machine.id}/")).items():
             try:
@@ -282,24 +338,27 @@ class UnitAgent:
                                  str(value["desired"]))
                 out[name] = (rec.unit(), rec.desired)
             except (KeyError, TypeError, UnitError) as exc:
-                log.warning("placed unit %s unreadable: %s", name, exc)
-        globals_ = await self.store.read_json("global/")
-        if globals_:
-            records = await self.store.read_json("units/")
-            for name in globals_:
-                value = records.get(name)
-                if not isinstance(value, dict):
-                    continue
-                try:
-                    rec = UnitRecord(str(value["name"]), str(value["format"]), str(value["text"]),
-                                     str(value.get("desired", "inactive")))
-                    unit = rec.unit()
-                except (KeyError, TypeError, UnitError) as exc:
-                    log.warning("global unit %s unreadable: %s", name, exc)
-                    continue
-                if unit.is_global and rec.desired != "inactive" and metadata_fits(unit, self.opts.machine):
-                    out[name] = (unit, rec.desired)
+                self._keep_unreadable(name, exc, out)
+        for name in await self.store.read_json("global/"):
+            value = await self.store.get_json(f"units/{name}")
+            if not isinstance(value, dict):
+                continue
+            try:
+                rec = UnitRecord(str(value["name"]), str(value["format"]), str(value["text"]),
+                                 str(value.get("desired", "inactive")))
+                unit = rec.unit()
+            except (KeyError, TypeError, UnitError) as exc:
+                self._keep_unreadable(name, exc, out)
+                continue
+            if unit.is_global and rec.desired != "inactive" and metadata_fits(unit, self.opts.machine):
+                out[name] = (unit, rec.desired)
         return out
+
+    def _keep_unreadable(self, name: str, exc: Exception, out: dict[str, tuple[Unit, str]]) -> None:
+        log.warning("unit %s unreadable (%s): left as it is", name, exc)
+        loc = self._local.get(name)
+        if loc is not None:
+            out[name] = (loc.unit, loc.desired)
 
     def _apply(self, wanted: dict[str, tuple[Unit, str]],
                overlay: tuple[ipaddress.IPv4Interface, int] | None) -> dict[str, dict[str, Any]]:
@@ -307,7 +366,10 @@ class UnitAgent:
         now = time.monotonic()
         known: set[str] = set()
         for rt in self.runtimes.values():
-            known |= set(rt.units())
+            try:
+                known |= set(rt.units())
+            except DataplaneError as exc:  # dockerd down: its units wait, the others run
+                log.warning("units: %s", exc)
         for name in sorted(known | set(self._local)):
             if name not in wanted or wanted[name][1] != "launched":
                 self._stop(name)
@@ -369,7 +431,8 @@ class UnitAgent:
                         "restarts": loc.restarts}
             gateway = str(overlay[0].ip) if overlay is not None else None
             try:
-                st = rt.start(name, list(unit.spec.command), unit.spec.image, {"NETD_UNIT": name}, gateway)
+                st = rt.start(name, list(unit.spec.command), unit.spec.image,
+                              {**unit.spec.environment, "NETD_UNIT": name}, gateway)
             except DataplaneError as exc:
                 loc.next_start, loc.backoff = now + loc.backoff, min(BACKOFF_MAX, loc.backoff * 2)
                 loc.message = str(exc)
@@ -397,9 +460,12 @@ class UnitAgent:
 
     def _stop(self, name: str) -> None:
         for rt in self.runtimes.values():
-            if rt.status(name) is not None:
-                rt.stop(name)
-                log.info("unit %s stopped (%s runtime): no longer placed here", name, rt.name)
+            try:
+                if rt.status(name) is not None:
+                    rt.stop(name)
+                    log.info("unit %s stopped (%s runtime): no longer placed here", name, rt.name)
+            except DataplaneError as exc:
+                log.warning("stopping unit %s: %s", name, exc)
         self.overlay.unwire(name)
         self._local.pop(name, None)
         if self._addresses.pop(name, None) is not None:

@@ -275,13 +275,13 @@ def make_units(args: argparse.Namespace, underlay: Underlay, metrics: Any) -> tu
                 memory = int(next(line for line in fh if line.startswith("MemTotal:")).split()[1]) * 1024
         except (OSError, StopIteration, ValueError):
             memory = 0
-    machine = Machine(machine_id, str(underlay.address), args.metadata or {}, cpu, memory)
     on_gateway, listen = _dns_listen(args.dns_listen)
     store = EtcdFleetStore(args.etcd_endpoints, prefix=args.netd_prefix,
                            tls=EtcdTLS(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile))
     runtimes: dict[str, Any] = {"netns": NetnsRuntime(args.state_dir)}
     if args.docker_host or os.path.exists("/var/run/docker.sock"):
         runtimes["docker"] = DockerRuntime(machine_id, args.docker_host)
+    machine = Machine(machine_id, str(underlay.address), args.metadata or {}, cpu, memory, tuple(sorted(runtimes)))
     import socket
 
     node = (args.node_name or socket.gethostname().split(".")[0]) if args.ovs_bridge else ""

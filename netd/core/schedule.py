@@ -113,6 +113,8 @@ def _why_not(unit: Unit, load: _MachineLoad, placed_on: Mapping[str, str]) -> st
         return f"MachineID is {p.machineID}"
     if not metadata_fits(unit, m):
         return "its metadata does not match MachineMetadata"
+    if m.runtimes and unit.spec.runtime not in m.runtimes:
+        return f"no {unit.spec.runtime} runtime there"
     for peer in p.machineOf:
         if placed_on.get(peer) != m.id:
             return f"MachineOf {peer} is not there"

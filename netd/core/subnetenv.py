@@ -63,3 +63,17 @@ def overlay_of(text: str) -> tuple[ipaddress.IPv4Interface, int] | None:
     except (KeyError, ValueError):
         return None
     return (gateway, mtu) if 576 <= mtu <= 65535 and gateway.network.prefixlen < 31 else None
+
+
+def units_side(overlay: tuple[ipaddress.IPv4Interface, int] | None) -> tuple[ipaddress.IPv4Interface, int] | None:
+    """Where the scheduler's units live on the host's subnet: its upper half (the lower half, with
+    the subnet's first address, is left to what subnet.env's readers build on it: docker's --bip,
+    a CNI bridge), gateway the upper half's first address. A /30 or smaller: the whole subnet."""
+    if overlay is None:
+        return None
+    gateway, mtu = overlay
+    net = gateway.network
+    if net.prefixlen > 29:
+        return overlay
+    upper = list(net.subnets(prefixlen_diff=1))[1]
+    return ipaddress.IPv4Interface(f"{upper.network_address + 1}/{upper.prefixlen}"), mtu

@@ -80,8 +80,16 @@ class UnitName:
 
     def printf(self, text: str) -> str:
         """fleet's unitPrintf: %n, %N, %p and %i."""
-        return (text.replace("%n", self.full).replace("%N", self.name).replace("%p", self.prefix)
-                .replace("%i", self.instance))
+        out, i = [], 0
+        values = {"n": self.full, "N": self.name, "p": self.prefix, "i": self.instance, "%": "%"}
+        while i < len(text):  # one pass: %% is a percent sign, and nothing substituted is read again
+            if text[i] == "%" and i + 1 < len(text) and text[i + 1] in values:
+                out.append(values[text[i + 1]])
+                i += 2
+            else:
+                out.append(text[i])
+                i += 1
+        return "".join(out)
 
 
 def check_unit_name(name: str) -> str:
@@ -156,6 +164,7 @@ class UnitSpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     placement: Placement = Field(default_factory=Placement)
     description: StrictStr = ""
+    environment: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _runnable(self) -> UnitSpec:
@@ -338,6 +347,8 @@ def unit_from_file(name: str, text: str, source: str | None = None) -> Unit:
     overlay = True
     exec_start: list[str] | None = None
     notes: list[str] = []
+    description = ""
+    environment: dict[str, str] = {}
     for opt in parse_unit_file(text, source):
         where = f"{source}:{opt.line}: {opt.name}"
         if opt.section == "X-Fleet":
@@ -388,6 +399,18 @@ def unit_from_file(name: str, text: str, source: str | None = None) -> Unit:
                 raise UnitError(where, f"cannot split the command: {exc}") from None
             if exec_start and exec_start[0][:1] in "-@+!:":  # systemd's prefixes
                 exec_start[0] = exec_start[0].lstrip("-@+!:")
+        elif opt.section == "Unit" and opt.name == "Description":
+            description = opt.value
+        elif opt.section == "Service" and opt.name == "Environment":
+            try:
+                pairs = shlex.split(un.printf(opt.value))
+            except ValueError as exc:
+                raise UnitError(where, f"cannot split the assignments: {exc}") from None
+            for pair in pairs:
+                key, eq, val = pair.partition("=")
+                if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                    raise UnitError(where, f"expected NAME=value, found {pair!r}")
+                environment[key] = val
         elif opt.section == "Service" and opt.name not in SERVICE_READ:
             notes.append(f"{source}:{opt.line}: {opt.name} is not run by netd (it runs ExecStart, restarting it "
                          "with back-off)")
@@ -397,7 +420,8 @@ def unit_from_file(name: str, text: str, source: str | None = None) -> Unit:
         raise UnitError(source, "a unit needs [Service] ExecStart= (the command it runs)")
     raw: dict[str, Any] = {"command": exec_start or [], "overlay": overlay, "tenants": tenants, "ports": ports,
                            "resources": {k: netd[k] for k in ("cpu", "memory") if k in netd},
-                           "service": netd.get("Service", "")}
+                           "service": netd.get("Service", ""), "description": description,
+                           "environment": environment}
     if "Image" in netd:
         raw.update(runtime="docker", image=netd["Image"])
     try:
@@ -434,6 +458,7 @@ class Machine:
     metadata: Mapping[str, str] = field(default_factory=dict)
     cpu: int = 0  # millicores it offers (0: not limited)
     memory: int = 0  # bytes it offers (0: not limited)
+    runtimes: tuple[str, ...] = ()  # what it can run (docker, netns); () : not said (anything)
 
     def __hash__(self) -> int:
         return hash(self.id)

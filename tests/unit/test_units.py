@@ -235,3 +235,15 @@ def test_a_yaml_document_that_is_no_unit():
         unit_from_yaml({"apiVersion": "netd/v1", "kind": "Unit", "metadata": {"name": "a b"}, "spec": {}}, "f.yaml")
     with pytest.raises(UnitError, match="f.yaml: spec: expected a mapping"):
         unit_from_yaml({"apiVersion": "netd/v1", "kind": "Unit", "metadata": {"name": "a"}}, "f.yaml")
+
+
+def test_description_environment_and_a_percent_sign():
+    u = unit_from_file("api@3.service", "[Unit]\nDescription=the API, instance %i\n[Service]\n"
+                                        "Environment=\"GREETING=hello %i\" MODE=fast\nEnvironment=RATE=100%%\n"
+                                        "ExecStart=/bin/api --name %n --load 50%%\n")
+    assert u.spec.description == "the API, instance %i"  # (fleet substitutes in [X-Fleet] and, here, [Service])
+    assert u.spec.environment == {"GREETING": "hello 3", "MODE": "fast", "RATE": "100%"}
+    assert u.spec.command == ["/bin/api", "--name", "api@3.service", "--load", "50%"]
+    assert UnitName("a@b.service").printf("%%i is %i, %%%p") == "%i is b, %a"  # one pass: never read twice
+    with pytest.raises(UnitError, match=r"x.service:2: Environment: expected NAME=value, found '1X=y'"):
+        unit_from_file("x.service", "[Service]\nEnvironment=1X=y\nExecStart=/bin/x\n")
