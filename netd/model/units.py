@@ -400,7 +400,7 @@ def unit_from_file(name: str, text: str, source: str | None = None) -> Unit:
             if exec_start and exec_start[0][:1] in "-@+!:":  # systemd's prefixes
                 exec_start[0] = exec_start[0].lstrip("-@+!:")
         elif opt.section == "Unit" and opt.name == "Description":
-            description = opt.value
+            description = un.printf(opt.value)
         elif opt.section == "Service" and opt.name == "Environment":
             try:
                 pairs = shlex.split(un.printf(opt.value))

@@ -241,7 +241,7 @@ def test_description_environment_and_a_percent_sign():
     u = unit_from_file("api@3.service", "[Unit]\nDescription=the API, instance %i\n[Service]\n"
                                         "Environment=\"GREETING=hello %i\" MODE=fast\nEnvironment=RATE=100%%\n"
                                         "ExecStart=/bin/api --name %n --load 50%%\n")
-    assert u.spec.description == "the API, instance %i"  # (fleet substitutes in [X-Fleet] and, here, [Service])
+    assert u.spec.description == "the API, instance 3"  # (specifiers as systemd substitutes them)
     assert u.spec.environment == {"GREETING": "hello 3", "MODE": "fast", "RATE": "100%"}
     assert u.spec.command == ["/bin/api", "--name", "api@3.service", "--load", "50%"]
     assert UnitName("a@b.service").printf("%%i is %i, %%%p") == "%i is b, %a"  # one pass: never read twice
