@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from netd.model.units import Machine, Unit, UnitName, matches
+from netd.model.units import Machine, Unit, matches
 
 
 def sample(n: int) -> int:
@@ -84,11 +84,6 @@ class _MachineLoad:
                   (self.memory + extra_memory) / m.memory if m.memory else None]
         known = [s for s in shares if s is not None]
         return max(known) if known else (len(self.units) + extra_units) / 1000.0
-
-
-def conflict_with(unit: Unit, other: Unit) -> bool:
-    return any(matches(g, other.name) for g in unit.spec.placement.conflicts) or \
-        any(matches(g, unit.name) for g in other.spec.placement.conflicts)
 
 
 def replaces(unit: Unit, other: Unit) -> bool:
@@ -300,8 +295,3 @@ def plan_reconcile(units: Mapping[str, Unit], desired: Mapping[str, str], placem
     for name, mid in sorted(decision.placed.items()):
         tasks.append(Task("schedule", name, mid))
     return tasks, decision.unplaced
-
-
-def instance_siblings(name: str) -> str:
-    """``web@3.service`` -> ``web`` (what fleetctl groups instances by)."""
-    return UnitName(name).prefix

@@ -65,3 +65,26 @@ def test_the_wire_format():
     other = DNSRecord.parse(respond(bytes(DNSRecord.question("example.com", "A").pack()), EPS, "netd.local"))
     assert other.header.rcode == RCODE.REFUSED and not other.rr  # no recursion: said, not timed out
     assert respond(b"\x00garbage", EPS, "netd.local") is None
+
+
+@pytest.mark.parametrize("unit,label", [("-web-@-1-.service", "web---1"), ("x" * 80 + ".service", "x" * 63),
+                                        ("a" * 62 + "_b.service", "a" * 62), ("X.service", "x")])
+def test_unit_labels_are_dns_labels(unit, label):
+    assert unit_label(unit) == label
+
+
+def test_published_records_defaults_and_refusals():
+    p = parse_published("s", "u", {"ip": "10.5.1.2"})
+    assert (p.ports, p.machine) == ((), "")
+    assert parse_published("s", "u", {"ip": "10.5.1.2", "ports": [{"port": "53"}]}).ports == ((53, "tcp"),)
+    with pytest.raises(ValueError, match="^ports: expected a list$"):
+        parse_published("s", "u", {"ip": "10.5.1.2", "ports": "80"})
+
+
+def test_names_in_another_case_a_trailing_dot_a_domain_given_with_a_dot_and_deeper_names():
+    assert answer("db.db.NETD.local.", "A", EPS, "netd.local.")[1] == [Answer("A", "db.db.netd.local",
+                                                                             ip="10.5.3.10")]
+    assert answer("x.db.db.netd.local", "A", EPS, "netd.local") == (NXDOMAIN, [])  # no such service db.db
+    assert answer("netd.local", "A", EPS, "netd.local") == (NXDOMAIN, [])
+    both = answer("web-2.web.netd.local", "ANY", EPS, "netd.local")[1]
+    assert [a.rtype for a in both] == ["A", "SRV", "SRV"]

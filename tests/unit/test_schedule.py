@@ -228,3 +228,78 @@ def test_a_unit_goes_only_where_its_runtime_is():
         assert place([docker], fleet, seed=seed).placed["c"] in ("dock", "unsaid")
     d = place([docker], [Machine("plain", runtimes=("netns",))])
     assert d.unplaced == {"c": "no machine fits: 1 machine: no docker runtime there"}
+
+
+def test_a_units_own_conflicts_are_checked_against_every_unit_of_a_machine_not_only_picky_ones():
+    plain = {"db.service": unit("db.service")}  # no Conflicts or Replaces of its own
+    d = place([unit("web.service", "Conflicts=db*")], ALL, {"db.service": "m1"}, known=plain)
+    assert d.placed["web.service"] != "m1"
+    only_m1 = place([unit("web.service", "Conflicts=db*\nMachineID=m1")], ALL, {"db.service": "m1"}, known=plain)
+    assert only_m1.unplaced == {"web.service": "no machine fits: 1 machine: conflicts with db.service"}
+
+
+def test_why_not_names_what_is_free_and_a_replaced_units_resources_count_as_free():
+    m = [Machine("a", cpu=1000, memory=1 << 30)]
+    busy = {"old.service": unit("old.service", cpu="700m", memory="512M")}
+    d = place([unit("x.service", cpu="500m")], m, {"old.service": "a"}, known=busy)
+    assert d.unplaced == {"x.service": "no machine fits: 1 machine: not enough CPU"}
+    from netd.core.schedule import _MachineLoad, _why_not  # the reason in full: what is free, what is asked
+
+    load = _MachineLoad(m[0])
+    load.add(busy["old.service"])
+    assert _why_not(unit("x.service", cpu="500m"), load, {}) == "not enough CPU (300m free, 500m asked)"
+    assert _why_not(unit("y.service", memory="600M"), load, {}) == \
+        f"not enough memory ({(1 << 30) - (512 << 20)} bytes free, {600 << 20} asked)"
+    # the unit it replaces frees its share: it fits, and the other goes
+    repl = unit("new.service", "Replaces=old.service", cpu="900m", memory="900M")
+    assert _why_not(repl, load, {}) is None
+    d = place([repl], m, {"old.service": "a"}, known=busy)
+    assert d.placed == {"new.service": "a"} and d.evicted == {"old.service": "replaced by new.service on a"}
+    assert d.unplaced == {"old.service": "no machine fits: 1 machine: replaced by new.service"}
+    load.remove("old.service")
+    assert (load.cpu, load.memory, load.units, load.siblings) == (0, 0, {}, {"old": 0})
+    load.remove("nothing.service")  # no such unit: nothing changes
+    assert (load.cpu, load.memory) == (0, 0)
+
+
+def test_least_allocated_by_the_scarcer_resource_and_by_count_where_none_is_set():
+    from netd.core.schedule import _MachineLoad
+
+    cpu_heavy = Machine("c", cpu=1000, memory=4 << 30)
+    load = _MachineLoad(cpu_heavy)
+    load.add(unit("a.service", cpu="500m", memory="1G"))
+    assert load.share() == 0.5  # max(0.5 of CPU, 0.25 of memory)
+    assert load.share(100, 1 << 30) == 0.6
+    assert load.share(0, 3 << 30) == 1.0
+    no_limits = _MachineLoad(Machine("n"))
+    no_limits.add(unit("a.service"))
+    assert no_limits.share(extra_units=1) == 2 / 1000
+    # between a machine with room by share and one without limits, the smaller share wins
+    d = place([unit("x.service", cpu="100m", memory="64M")],
+              [Machine("big", cpu=8000, memory=64 << 30), Machine("small", cpu=1000, memory=1 << 30)])
+    assert d.placed == {"x.service": "big"}
+    d = place([unit("x.service", memory="512M")], [Machine("roomy", memory=8 << 30), Machine("tight",
+                                                                                           memory=1 << 30)])
+    assert d.placed == {"x.service": "roomy"}
+
+
+def test_reconcile_frees_what_it_unschedules_for_the_same_pass():
+    """A unit taken off a machine that no longer fits it leaves its CPU for a unit placed there now;
+    a follower whose peer is taken off follows it (the second round of the same pass)."""
+    a = unit("a.service", "MachineMetadata=disk=ssd", cpu="800m")
+    b = unit("b.service", "MachineID=x", cpu="800m")
+    follower = unit("f.service", "MachineOf=a.service")
+    machines = [Machine("x", metadata={"disk": "hdd"}, cpu=1000), Machine("y", metadata={"disk": "ssd"}, cpu=1000)]
+    tasks, unplaced = reconcile([a, b, follower], {"a.service": "launched", "b.service": "launched",
+                                                   "f.service": "launched"},
+                                {"a.service": "x", "f.service": "x"}, machines)
+    assert Task("unschedule", "a.service", "x", "no longer fits x: its metadata does not match MachineMetadata") \
+        in tasks
+    assert Task("unschedule", "f.service", "x", "no longer fits x: MachineOf a.service is not there") in tasks
+    assert {(t.unit, t.machine) for t in tasks if t.action == "schedule"} == {("a.service", "y"), ("b.service", "x"),
+                                                                            ("f.service", "y")}
+    assert unplaced == {}
+
+
+def test_sample_sizes():
+    assert [sample(n) for n in (1, 2, 16, 17, 64, 1000, 100_000)] == [1, 2, 16, 16, 16, 20, 34]

@@ -52,3 +52,39 @@ def test_dual_stack_masq_rules_add_an_ip6_table_in_the_same_transaction():
     assert ruleset_digest(script) != ruleset_digest(render_masq_ruleset(NET, SUB))
     assert "delete table ip6 netd" in render_masq_ruleset(NET, SUB)  # turning IPv6 off removes its rules
     assert "table ip6 netd {\n" not in render_masq_ruleset(NET, SUB)
+
+
+import pytest  # noqa: E402
+
+from netd.core.subnetenv import overlay_of, units_side  # noqa: E402
+
+
+@pytest.mark.parametrize("text,want", [
+    ("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.9.1/24\nFLANNEL_MTU=1450\n", ("10.5.9.1/24", 1450)),
+    ("FLANNEL_SUBNET=10.5.9.1/24\n", ("10.5.9.1/24", 1450)),          # flannel's default MTU then
+    ("FLANNEL_SUBNET=10.5.9.1/24\nFLANNEL_MTU=8951\n", ("10.5.9.1/24", 8951)),
+    ("FLANNEL_SUBNET=10.5.9.1/24\nFLANNEL_MTU=575\n", None),           # no IPv4 link has that
+    ("FLANNEL_SUBNET=10.5.9.1/24\nFLANNEL_MTU=65536\n", None),
+    ("FLANNEL_SUBNET=10.5.9.1/24\nFLANNEL_MTU=big\n", None),
+    ("FLANNEL_SUBNET=10.5.9.1/31\n", None),                            # no room for units
+    ("FLANNEL_SUBNET=bad\n", None),
+    ("", None),                                                         # before the lease
+])
+def test_overlay_of_subnet_env(text, want):
+    import ipaddress
+
+    got = overlay_of(text)
+    assert got == (None if want is None else (ipaddress.IPv4Interface(want[0]), want[1]))
+
+
+@pytest.mark.parametrize("subnet,want", [
+    ("10.5.9.1/24", "10.5.9.129/25"),
+    ("10.5.8.1/23", "10.5.9.1/24"),
+    ("10.5.9.1/29", "10.5.9.5/30"),
+    ("10.5.9.1/30", "10.5.9.1/30"),  # too small to halve: the whole
+])
+def test_units_take_the_upper_half_of_the_host_subnet(subnet, want):
+    import ipaddress
+
+    assert units_side((ipaddress.IPv4Interface(subnet), 1400)) == (ipaddress.IPv4Interface(want), 1400)
+    assert units_side(None) is None

@@ -247,3 +247,48 @@ def test_description_environment_and_a_percent_sign():
     assert UnitName("a@b.service").printf("%%i is %i, %%%p") == "%i is b, %a"  # one pass: never read twice
     with pytest.raises(UnitError, match=r"x.service:2: Environment: expected NAME=value, found '1X=y'"):
         unit_from_file("x.service", "[Service]\nEnvironment=1X=y\nExecStart=/bin/x\n")
+
+
+def test_exact_refusals_of_names_kinds_and_headers():
+    with pytest.raises(UnitError) as exc:
+        unit_from_file("web", "[Service]\nExecStart=/bin/x\n", source="f/web")
+    assert (exc.value.where, exc.value.message) == ("f/web", "a fleet unit's name ends with its type (.service, "
+                                                             ".socket, .timer, .path, .device, .mount, .automount), "
+                                                             "found 'web'")
+    with pytest.raises(UnitError) as exc:
+        unit_from_file("a b.service", "", source="f/ab")
+    assert exc.value.where == "f/ab" and exc.value.message.startswith("expected a unit name")
+    with pytest.raises(UnitError) as exc:
+        unit_from_yaml({"apiVersion": "netd/v2", "kind": "Unit"}, "u.yaml")
+    assert (exc.value.where, exc.value.message) == ("u.yaml", "expected apiVersion netd/v1 and kind Unit, found "
+                                                              "'netd/v2' and 'Unit'")
+    with pytest.raises(UnitError, match=r"^x.service:1: expected a section header such as \[Service\], found '\[\]'$"):
+        unit_from_file("x.service", "[]\n")
+    assert unit_from_file("x.service", "[X]\n[Service]\nExecStart=/bin/x\n").spec.command == ["/bin/x"]
+    with pytest.raises(UnitError, match="metadata.name: expected a unit name, found None"):
+        unit_from_yaml({"apiVersion": "netd/v1", "kind": "Unit", "metadata": "web", "spec": {}}, "u.yaml")
+
+
+def test_continuations_multivalues_sizes_and_networks():
+    u = unit_from_file("x.service", "[Service]\nExecStart=/bin/x  \\\n   a \\\nb\n[X-Fleet]\n"
+                                    'MachineMetadata="a=1" "b=2 3"\nConflicts="c*" d*\n'
+                                    "[X-Netd]\nMemory=1K\nNetwork=none\n")
+    assert u.spec.command == ["/bin/x", "a", "b"]
+    assert u.spec.placement.machineMetadata == {"a": ["1"], "b": ["2 3"]}  # quoted items keep their spaces
+    assert u.spec.placement.conflicts == ['"c*" d*']  # not all quoted: one value, as fleet read it
+    assert (u.spec.resources.memory, u.spec.overlay) == (1024, False)
+    assert unit_from_file("y.service", "[Service]\nExecStart=/bin/y\n").spec.overlay is True
+    for text, size in (("64MiB", 64 << 20), ("2GB", 2 << 30), ("3T", 3 << 40), ("512", 512)):
+        assert unit_from_file("z.service", f"[Service]\nExecStart=/bin/z\n[X-Netd]\nMemory={text}\n").spec \
+            .resources.memory == size
+    assert UnitName("a@b.service").printf("50%") == "50%" and UnitName("a.service").printf("%x%n") == "%xa.service"
+
+
+def test_yaml_instances_and_templates():
+    t = unit_from_yaml({"apiVersion": "netd/v1", "kind": "Unit", "metadata": {"name": "api@"},
+                        "spec": {"command": ["api"]}}, "api.yaml", "text")
+    one = instantiate(t, "api@1")
+    assert (one.name, one.spec, one.kind, one.text) == ("api@1", t.spec, "yaml", "text")
+    assert units_for(["api@2"], {"api@": t})[0].name == "api@2"
+    assert t.text == "text" and unit_from_yaml({"apiVersion": "netd/v1", "kind": "Unit", "metadata": {"name": "b"},
+                                                "spec": {"command": ["b"]}}, "b.yaml").text == ""
