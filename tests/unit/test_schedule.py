@@ -303,3 +303,33 @@ def test_reconcile_frees_what_it_unschedules_for_the_same_pass():
 
 def test_sample_sizes():
     assert [sample(n) for n in (1, 2, 16, 17, 64, 1000, 100_000)] == [1, 2, 16, 16, 16, 20, 34]
+
+
+def test_resource_edges_accumulate_and_exact_fits():
+    m = [Machine("a", cpu=1000, memory=1 << 30)]
+    two = {"p.service": unit("p.service", cpu="300m", memory="256M", service="p"),
+           "q.service": unit("q.service", cpu="300m", memory="256M", service="q")}
+    cur = {"p.service": "a", "q.service": "a"}
+    assert place([unit("x.service", cpu="400m", service="x")], m, cur, known=two).placed == {"x.service": "a"}  # exact
+    assert place([unit("x.service", cpu="401m", service="x")], m, cur, known=two).unplaced == \
+        {"x.service": "no machine fits: 1 machine: not enough CPU"}
+    assert place([unit("x.service", memory="512M", service="x")], m, cur, known=two).placed == {"x.service": "a"}
+    assert "not enough memory" in place([unit("x.service", memory="513M", service="x")], m, cur,
+                                        known=two).unplaced["x.service"]
+    # replacing both frees both
+    both = unit("r.service", "Replaces=p.service\nReplaces=q.service", cpu="1", memory="1G")
+    d = place([both], m, cur, known=two)
+    assert d.placed.get("r.service") == "a" and set(d.evicted) == {"p.service", "q.service"}
+
+
+def test_globs_that_match_nothing_there_leave_a_machine_eligible():
+    busy = {"db.service": unit("db.service")}
+    for x_fleet in ("Conflicts=cache*", "Replaces=cache*"):
+        d = place([unit("web.service", f"{x_fleet}\nMachineID=m1")], ALL, {"db.service": "m1"}, known=busy)
+        assert d.placed == {"web.service": "m1"} and d.evicted == {}, x_fleet
+
+
+def test_placements_on_machines_that_are_gone_or_of_unknown_units_are_ignored():
+    d = place([unit("a.service", "MachineID=m1")], ALL, {"ghost.service": "m1", "b.service": "m9"},
+              known={"b.service": unit("b.service")})
+    assert d.placed == {"a.service": "m1"}
