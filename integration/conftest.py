@@ -43,3 +43,14 @@ def make_cluster():
     yield make
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def dockerd():
+    """A private dockerd (integration/docker.py), stopped by its pid file after the test."""
+    from integration.docker import DockerDaemon, docker_installed
+
+    _require(docker_installed(), "dockerd or busybox-static not installed (apt-get install docker.io busybox-static)")
+    d = DockerDaemon().start()
+    yield d
+    d.stop()

@@ -202,17 +202,6 @@ def _unit_file(c: Cluster, name: str, text: str) -> list[str]:
     return [path]
 
 
-@pytest.fixture
-def dockerd():
-    from integration.conftest import _require
-    from integration.docker import DockerDaemon, docker_installed
-
-    _require(docker_installed(), "dockerd or busybox-static not installed (apt-get install docker.io busybox-static)")
-    d = DockerDaemon().start()
-    yield d
-    d.stop()
-
-
 def test_a_docker_unit_runs_on_the_overlay_and_shows_its_output(make_cluster, dockerd):
     from integration.docker import IMAGE
 

@@ -165,17 +165,6 @@ def test_a_detached_or_vanished_endpoint_loses_its_port(make_cluster):
     assert c.ovs_servers[1].vsctl("list-ports", "netd-int").split() == ["netd-vx"]
 
 
-@pytest.fixture
-def dockerd():
-    from integration.conftest import _require
-    from integration.docker import DockerDaemon, docker_installed
-
-    _require(docker_installed(), "dockerd or busybox-static not installed (apt-get install docker.io busybox-static)")
-    d = DockerDaemon().start()
-    yield d
-    d.stop()
-
-
 def test_a_docker_container_on_a_tenant_is_reached_from_another_host(make_cluster, dockerd):
     from integration.docker import IMAGE
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -70,3 +70,19 @@ async def supervise(name: str, body: Callable[[], Awaitable[None]], stopping: as
             pass
         backoff = min(backoff * 2, max_backoff)
         on_restart(name)
+
+
+async def run_supervised(prefix: str, bodies: Iterable[tuple[str, Callable[[], Awaitable[None]]]],
+                         stopping: asyncio.Event, on_failure: Callable[[str, BaseException], None],
+                         on_restart: Callable[[str], None]) -> None:
+    """Run each named body under ``supervise`` (as task ``prefix + name``) until ``stopping`` is set;
+    then cancel them all and wait for them to end."""
+    tasks = [asyncio.create_task(supervise(prefix + name, body, stopping, on_failure, on_restart),
+                                 name=prefix + name)
+             for name, body in bodies]
+    try:
+        await stopping.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

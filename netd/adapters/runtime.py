@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from netd.adapters.wiring import veth_into
 from netd.errors import DataplaneError
 
 log = logging.getLogger(__name__)
@@ -334,16 +335,7 @@ class Overlay:
              mtu: int) -> None:
         port, tmp = self.port(unit), "nt" + short(unit)
         self.unwire(unit)
-        try:
-            fd = os.open(netns, os.O_RDONLY)
-        except OSError as exc:
-            raise DataplaneError(f"unit {unit}: its network namespace {netns}: {exc}") from exc
-        try:
-            self.ipr.link("add", ifname=port, kind="veth", mtu=mtu, peer={"ifname": tmp, "net_ns_fd": fd})
-        except NetlinkError as exc:
-            raise DataplaneError(f"unit {unit}: creating its veth: {exc}") from exc
-        finally:
-            os.close(fd)
+        veth_into(self.ipr, port, tmp, netns, mtu, f"unit {unit}")
         script = ["ip link del eth0 2>/dev/null || true", f"ip link set dev {tmp} name eth0 mtu {mtu}",
                   f"ip addr add {address} dev eth0", "ip link set eth0 up", "ip link set lo up",
                   f"ip route replace default via {gateway} dev eth0"]

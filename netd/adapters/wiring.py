@@ -32,6 +32,22 @@ def host_port_name(endpoint: str) -> str:
     return "nd" + hashlib.sha1(endpoint.encode()).hexdigest()[:11]
 
 
+
+def veth_into(ipr: IPRoute, port: str, peer: str, netns: str, mtu: int, what: str) -> None:
+    """Make a veth pair: ``port`` here, ``peer`` inside the network namespace at path ``netns``.
+    Errors name ``what`` the pair is for."""
+    try:
+        fd = os.open(netns, os.O_RDONLY)
+    except OSError as exc:
+        raise DataplaneError(f"{what}: opening its network namespace {netns}: {exc}") from exc
+    try:
+        ipr.link("add", ifname=port, kind="veth", mtu=mtu, peer={"ifname": peer, "net_ns_fd": fd})
+    except NetlinkError as exc:
+        raise DataplaneError(f"{what}: creating its veth pair {port}: {exc}") from exc
+    finally:
+        os.close(fd)
+
+
 class Wiring:
     def __init__(self, docker_host: str | None = None, netns_dir: str = "/run/netns", tx_off: bool = False) -> None:
         self.docker_host = docker_host
@@ -103,16 +119,8 @@ class Wiring:
         port, inner = host_port_name(endpoint), spec.inner
         tmp = "ndtmp" + port[2:9]
         self.unwire(port)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:  # the container stopped, the namespace was deleted, since target_path
-            raise DataplaneError(f"opening {spec.target}'s network namespace {path}: {exc}") from exc
-        try:
-            self.ipr.link("add", ifname=port, kind="veth", mtu=mtu, peer={"ifname": tmp, "net_ns_fd": fd})
-        except NetlinkError as exc:
-            raise DataplaneError(f"creating the veth pair of endpoint {endpoint}: {exc}") from exc
-        finally:
-            os.close(fd)
+        # the container may have stopped, its namespace deleted, since target_path
+        veth_into(self.ipr, port, tmp, path, mtu, f"endpoint {endpoint} ({spec.target})")
         # Inside, with iproute2 through nsenter: pyroute2 opens a socket in another namespace by forking
         # a helper, which crashes in a process that runs gRPC's threads.
         script = [f"ip link del {inner} 2>/dev/null || true",  # a leftover of an earlier wiring

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from netd.adapters.fleet import EtcdFleetStore, FleetView
-from netd.aio import supervise
+from netd.aio import run_supervised
 from netd.core.schedule import Task, plan_reconcile
 from netd.errors import CompactedError, RegistryRefused, RegistryUnavailable
 from netd.model.units import Unit, UnitError
@@ -73,16 +73,11 @@ class Engine:
                 **({"unplaced": dict(self.status.unplaced)} if self.status.unplaced else {})}
 
     async def run(self, stopping: asyncio.Event) -> None:
-        tasks = [asyncio.create_task(supervise("engine", lambda: self._lead(stopping), stopping,
-                                               lambda n, e: None, lambda n: None), name="engine"),
-                 asyncio.create_task(supervise("engine-watch", lambda: self._watch(stopping), stopping,
-                                               lambda n, e: None, lambda n: None), name="engine-watch")]
         try:
-            await stopping.wait()
+            await run_supervised("engine", (("", lambda: self._lead(stopping)),
+                                            ("-watch", lambda: self._watch(stopping))),
+                                 stopping, lambda n, e: None, lambda n: None)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             self.metrics.leader.set(0)
 
     async def _lead(self, stopping: asyncio.Event) -> None:

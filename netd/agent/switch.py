@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from netd.adapters.objects import EtcdObjectStore
 from netd.adapters.ovs import OvsSwitch
 from netd.adapters.wiring import Wiring, host_port_name
-from netd.aio import supervise
+from netd.aio import run_supervised
 from netd.core.chains import ChainState, HopCounter, SwitchProgram, compile_switch
 from netd.core.flows import FlowDelta
 from netd.core.tenants import (
@@ -181,17 +181,13 @@ class SwitchAgent:
         def restarted(name: str) -> None:
             self.status.error = None
 
-        tasks = [asyncio.create_task(supervise(f"switch-{name}", body, stopping, failed, restarted), name=name)
-                 for name, body in (("sync", lambda: self._sync_loop(stopping)),
-                                    ("canary", lambda: self._canary_loop(stopping)),
-                                    ("presence", lambda: self._presence_loop(stopping)),
-                                    ("watch", lambda: self._watch_loop(stopping)))]
         try:
-            await stopping.wait()
+            await run_supervised("switch-", (("sync", lambda: self._sync_loop(stopping)),
+                                             ("canary", lambda: self._canary_loop(stopping)),
+                                             ("presence", lambda: self._presence_loop(stopping)),
+                                             ("watch", lambda: self._watch_loop(stopping))),
+                                 stopping, failed, restarted)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             self._pool.shutdown(wait=True)
 
     async def _sync_loop(self, stopping: asyncio.Event) -> None:

@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from netd.adapters.dns import DnsServer
 from netd.adapters.fleet import EtcdFleetStore, UnitRecord, machine_record
 from netd.adapters.runtime import Overlay, Runtime
-from netd.aio import supervise
+from netd.aio import run_supervised
 from netd.core.dns import Published, parse_published, unit_label
 from netd.core.schedule import metadata_fits
 from netd.core.subnetenv import overlay_of, units_side
@@ -125,18 +125,14 @@ class UnitAgent:
         for host, port in self.opts.dns_listen:
             await self.dns.listen(host, port)
         mine = f"schedule/{self.opts.machine.id}/"
-        tasks = [asyncio.create_task(supervise(f"units-{name}", body, stopping, failed, restarted), name=name)
-                 for name, body in (("presence", lambda: self._presence_loop(stopping)),
-                                    ("sync", lambda: self._sync_loop(stopping)),
-                                    ("watch-schedule", lambda: self._watch(stopping, mine, True)),
-                                    ("watch-global", lambda: self._watch(stopping, "global/", True)),
-                                    ("watch-endpoints", lambda: self._watch(stopping, "endpoints/", False)))]
         try:
-            await stopping.wait()
+            await run_supervised("units-", (("presence", lambda: self._presence_loop(stopping)),
+                                            ("sync", lambda: self._sync_loop(stopping)),
+                                            ("watch-schedule", lambda: self._watch(stopping, mine, True)),
+                                            ("watch-global", lambda: self._watch(stopping, "global/", True)),
+                                            ("watch-endpoints", lambda: self._watch(stopping, "endpoints/", False))),
+                                 stopping, failed, restarted)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             self.dns.close()
             self._pool.shutdown(wait=True)
 
