@@ -32,7 +32,6 @@ def host_port_name(endpoint: str) -> str:
     return "nd" + hashlib.sha1(endpoint.encode()).hexdigest()[:11]
 
 
-
 def veth_into(ipr: IPRoute, port: str, peer: str, netns: str, mtu: int, what: str) -> None:
     """Make a veth pair: ``port`` here, ``peer`` inside the network namespace at path ``netns``.
     Errors name ``what`` the pair is for."""
