@@ -4,7 +4,10 @@ count (and mark) what passes with nftables, chains applied with netctl, and the 
 
 The marks prove the order: the firewall sets DSCP cs1 on the chain's traffic and the monitor turns
 cs1 into cs3, so a packet that reaches the server with cs3 passed the firewall and then the
-monitor; on the replies the monitor sets cs2 and the firewall turns it into cs4.
+monitor; on the replies the monitor sets cs2 and the firewall turns it into cs4. The first
+function of each direction marks whatever DSCP a packet has: a kernel's RST (and some ACKs)
+carry the DSCP of the packet they answer (a server's RST leaves with cs3), which seen as "not
+cs0" would go unmarked through the chain it did pass.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ FIREWALL_RULES = """table bridge sf {
   chain forward {
     type filter hook forward priority 0; policy accept;
     tcp dport 81 counter name "blocked" drop
-    tcp dport 80 ip dscp cs0 counter name "through" ip dscp set cs1
+    tcp dport 80 counter name "through" ip dscp set cs1
     tcp sport 80 ip dscp cs2 counter name "back" ip dscp set cs4
   }
 }
@@ -44,7 +47,7 @@ MONITOR_RULES = """table bridge sf {
     tcp sport 80 add @replies { tcp dport }
     tcp dport 80 ip dscp cs1 counter name "through" ip dscp set cs3
     tcp dport 80 ip dscp cs0 counter name "unmarked"
-    tcp sport 80 ip dscp cs0 counter name "back" ip dscp set cs2
+    tcp sport 80 counter name "back" ip dscp set cs2
   }
 }
 """
@@ -184,10 +187,25 @@ def flows(name: str, dst: str, port: int, count: int = 1, kbytes: int = 64, spor
 
 
 def wait_chain_state(c: ClusterBase, chain: str, want: str, timeout: float = 30) -> dict:
-    """Until `netctl get chains -o json` says ``want`` (a prefix) for ``chain``; its row."""
+    """Until `netctl get chains -o json` says ``want`` (a prefix) for ``chain``; its row (the one
+    read last: on the VMs each netctl costs seconds)."""
+    last: dict = {}
+
     def row() -> dict:
         rows = json.loads(c.netctl(1, "get", "chains", "-o", "json").stdout)
-        return next(r for r in rows if r["metadata"]["name"] == chain)
+        last.update(next(r for r in rows if r["metadata"]["name"] == chain))
+        return last
 
-    wait_for(lambda: row()["status"]["state"].startswith(want), timeout, lambda: row()["status"])
-    return row()
+    wait_for(lambda: row()["status"]["state"].startswith(want), timeout, lambda: last.get("status"))
+    return last
+
+
+def wait_hops_counted(c: ClusterBase, chain: str, hops: int, timeout: float) -> dict:
+    """Until netctl shows packets counted at each of the chain's ``hops`` hops (one netctl per poll;
+    the hosts report their counts every 6 resync intervals); the chain's row."""
+    def counted() -> bool:
+        got = wait_chain_state(c, chain, "ready")["status"]["packets"]
+        return len(got) == hops and all(v > 0 for v in got.values())
+
+    wait_for(counted, timeout, lambda: wait_chain_state(c, chain, "ready")["status"])
+    return wait_chain_state(c, chain, "ready")

@@ -28,6 +28,7 @@ from integration.chains import (
     setup,
     start_echo,
     wait_chain_state,
+    wait_hops_counted,
 )
 from integration.cluster import Cluster, metric, wait_for, wait_stable
 from integration.tenants import apply_specs
@@ -96,10 +97,7 @@ def test_a_chain_through_a_firewall_and_a_monitor_on_two_other_hosts(make_cluste
         wait_for(lambda: metric(c, 2, 'netd_chain_hop_packets_total{chain="web",hop="1",sf="fw"}') > 0, 15,
                  "no packets counted out of the firewall")
         assert metric(c, 3, 'netd_chain_hop_packets_total{chain="web",hop="2",sf="mon"}') > 0
-        row = wait_chain_state(c, "web", "ready")
-        wait_for(lambda: all(v > 0 for v in wait_chain_state(c, "web", "ready")["status"]["packets"].values())
-                 and len(wait_chain_state(c, "web", "ready")["status"]["packets"]) == 2, 20,
-                 lambda: wait_chain_state(c, "web", "ready")["status"])
+        wait_hops_counted(c, "web", 2, 20)
         table = c.netctl(1, "get", "chains").stdout
         assert re.search(r"^web\s+web\s+fw > mon\s+fw \d+, mon \d+\s+h1,h2,h3\s+ready$", table, re.M), table
     finally:

@@ -29,6 +29,7 @@ def cluster():
 
         c: ClusterBase = VagrantCluster()
         yield c
+        c.close()
         return
     if os.geteuid() != 0 or not shutil.which("etcd"):
         pytest.skip("namespace hosts need root and etcd")
@@ -148,6 +149,7 @@ def test_a_two_hop_chain_across_the_hosts(cluster):
         ns_name,
         setup,
         wait_chain_state,
+        wait_hops_counted,
     )
 
     c = cluster
@@ -169,12 +171,7 @@ def test_a_two_hop_chain_across_the_hosts(cluster):
         got = {n: counters(c, h, n) for n, h in (("server", 2), ("client", 1))}
         assert got["server"]["arrived"] > 0 and got["server"]["marked"] == got["server"]["arrived"], got
         assert got["client"]["arrived"] > 0 and got["client"]["marked"] == got["client"]["arrived"], got
-        def packets() -> dict[str, int]:
-            return dict(wait_chain_state(c, "web", "ready")["status"]["packets"])
-
-        # (packet counts reach the hosts' reports at most every 6 resync intervals: 30 s on the VMs)
-        wait_for(lambda: len(packets()) == 2 and all(v > 0 for v in packets().values()), 120 if ON_VMS else 30,
-                 packets)
+        wait_hops_counted(c, "web", 2, 120 if ON_VMS else 30)  # (reports every 6 resyncs: 30 s on the VMs)
         trace = json.loads(c.netctl(1, "trace", "--tenant", "web", "--from", "client", "--to", ip(12), "--proto",
                                     "tcp", "--dport", str(port), "-o", "json").stdout)
         names = {c.node_name(i): i for i in (1, 2)}

@@ -3,9 +3,12 @@
   * ``NetnsRuntime``: the command in network and mount namespaces of its own, in a session of its
     own, its output in ``--state-dir``/units/<hash>.log; a pid file (with the process's start time,
     so a recycled pid is never taken for it) lets a restarted netd find its units still running and
-    keep them.
+    keep them. The command begins only once ``start``'s ``ready`` hook (netd's wiring) has run on
+    its namespace: a unit that resolves or connects as it starts finds its network there.
   * ``DockerRuntime``: a container (the docker SDK against a real dockerd), created with
     ``--network none`` and labelled with the unit and the machine; its output is Docker's log.
+    Docker makes the namespace as it starts the command, so netd wires it just after: a container
+    sees only ``lo`` for its first moments (as with ``--network none`` and pipework).
 
 ``Overlay`` wires a unit into the host's leased subnet (flannel's subnet.env): a bridge ``netd0``
 holding the subnet's first address (the units' gateway and DNS server), a veth per unit, ``eth0``
@@ -24,6 +27,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,7 +64,10 @@ class Runtime(Protocol):
         ...
 
     def start(self, unit: str, command: list[str], image: str | None, env: dict[str, str],
-              dns: str | None) -> Running: ...
+              dns: str | None, ready: Callable[[str], object] | None = None) -> Running:
+        """Run the unit; ``ready(netns_path)`` wires its namespace, before the command begins where
+        the runtime can hold it (netns), else just after (docker)."""
+        ...
 
     def status(self, unit: str) -> Running | None: ...
 
@@ -72,9 +79,13 @@ class Runtime(Protocol):
 
 
 def _start_time(pid: int) -> str:
+    """The process's start time (clock ticks after boot), "" if it is gone or a zombie: a unit
+    adopted after a netd restart is not netd's child, and where pid 1 does not reap (some
+    containers' init) it stays a zombie, dead all the same."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return "" if fields[0] == "Z" else fields[19]
     except (OSError, IndexError):
         return ""
 
@@ -96,32 +107,50 @@ class NetnsRuntime:
         return base + ".json", base + ".log", base + ".resolv.conf"
 
     def start(self, unit: str, command: list[str], image: str | None, env: dict[str, str],
-              dns: str | None) -> Running:
+              dns: str | None, ready: Callable[[str], object] | None = None) -> Running:
         meta, logpath, resolv = self._paths(unit)
         _rotate(logpath)
         with open(resolv, "w") as fh:
             fh.write(f"nameserver {dns}\n" if dns else "")
+        # The wrapper reads a line from its stdin, a pipe (or its end if netd dies), until the namespace
+        # is wired; the command then gets /dev/null as stdin.
+        gate_r, gate_w = os.pipe()
         wrapper = ["unshare", "--net", "--mount", "--propagation", "private", "--", "sh", "-c",
+                   'read -r _; exec </dev/null; '
                    'if [ -s "$0" ]; then mount --bind "$0" /etc/resolv.conf; fi; exec "$@"', resolv, *command]
-        with open(logpath, "ab") as out:
-            out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} netd starts: {' '.join(command)}\n".encode())
-            out.flush()
-            try:
-                p = subprocess.Popen(wrapper, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env={**os.environ, **env})
-            except OSError as exc:
-                raise DataplaneError(f"unit {unit}: cannot start {command[0]}: {exc}") from exc
-        self._children[unit] = p
-        deadline = time.monotonic() + 5  # until it is in its own network namespace (unshare has run)
-        while time.monotonic() < deadline and p.poll() is None and \
-                _netns_of(p.pid) in ("", _netns_of(os.getpid())):
-            time.sleep(0.01)
-        with open(meta, "w") as fh:
-            json.dump({"unit": unit, "pid": p.pid, "start": _start_time(p.pid)}, fh)
-        # a name for its network namespace, as `ip netns` lists it: what an Endpoint on a tenant network names
-        name = self.target(unit)[1]
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True)  # a crashed one's, still named
-        subprocess.run(["ip", "netns", "attach", name, str(p.pid)], capture_output=True)
+        try:
+            with open(logpath, "ab") as out:
+                out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} netd starts: {' '.join(command)}\n".encode())
+                out.flush()
+                try:
+                    p = subprocess.Popen(wrapper, stdout=out, stderr=subprocess.STDOUT, stdin=gate_r,
+                                         start_new_session=True, env={**os.environ, **env})
+                except OSError as exc:
+                    raise DataplaneError(f"unit {unit}: cannot start {command[0]}: {exc}") from exc
+            os.close(gate_r)
+            gate_r = -1
+            self._children[unit] = p
+            deadline = time.monotonic() + 5  # until it is in its own network namespace (unshare has run)
+            while time.monotonic() < deadline and p.poll() is None and \
+                    _netns_of(p.pid) in ("", _netns_of(os.getpid())):
+                time.sleep(0.01)
+            with open(meta, "w") as fh:
+                json.dump({"unit": unit, "pid": p.pid, "start": _start_time(p.pid)}, fh)
+            # a name for its network namespace, as `ip netns` lists it: what an Endpoint on a tenant network names
+            name = self.target(unit)[1]
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)  # a crashed one's, still named
+            subprocess.run(["ip", "netns", "attach", name, str(p.pid)], capture_output=True)
+            if ready is not None and p.poll() is None:
+                try:
+                    ready(f"/proc/{p.pid}/ns/net")
+                except DataplaneError as exc:  # it runs unwired; the next sync wires it and says so until then
+                    log.warning("unit %s runs without its network: %s", unit, exc)
+        finally:
+            if gate_r >= 0:
+                os.close(gate_r)
+            with contextlib.suppress(BrokenPipeError):  # (the wrapper is gone: it failed to start)
+                os.write(gate_w, b"go\n")
+            os.close(gate_w)
         return self.status(unit) or Running(unit, False, "", p.poll(), p.pid)
 
     def target(self, unit: str) -> tuple[str, str]:
@@ -243,7 +272,7 @@ class DockerRuntime:
             raise DataplaneError(f"asking Docker about unit {unit}: {exc}") from exc
 
     def start(self, unit: str, command: list[str], image: str | None, env: dict[str, str],
-              dns: str | None) -> Running:
+              dns: str | None, ready: Callable[[str], object] | None = None) -> Running:
         old = self._get(unit)
         try:
             if old is not None:
@@ -255,6 +284,11 @@ class DockerRuntime:
         except Exception as exc:  # noqa: BLE001
             raise DataplaneError(f"unit {unit}: docker run {image}: {exc}") from exc
         st = self.status(unit)
+        if ready is not None and st is not None and st.alive and st.netns:
+            try:
+                ready(st.netns)
+            except DataplaneError as exc:  # as in NetnsRuntime.start
+                log.warning("unit %s runs without its network: %s", unit, exc)
         return st if st is not None else Running(unit, False, "", None, 0)
 
     def status(self, unit: str) -> Running | None:

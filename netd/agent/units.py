@@ -428,7 +428,8 @@ class UnitAgent:
             gateway = str(overlay[0].ip) if overlay is not None else None
             try:
                 st = rt.start(name, list(unit.spec.command), unit.spec.image,
-                              {**unit.spec.environment, "NETD_UNIT": name}, gateway)
+                              {**unit.spec.environment, "NETD_UNIT": name}, gateway,
+                              ready=lambda netns: self._wire(name, unit, overlay, netns))
             except DataplaneError as exc:
                 loc.next_start, loc.backoff = now + loc.backoff, min(BACKOFF_MAX, loc.backoff * 2)
                 loc.message = str(exc)
@@ -440,19 +441,27 @@ class UnitAgent:
         if loc.started_at and now - loc.started_at >= STEADY:
             loc.backoff = BACKOFF_MIN
         ip = None
-        if unit.spec.overlay and overlay is not None and st.netns:
-            gw_if, mtu = overlay
-            ip = self._address(name, gw_if)
-            if self.overlay.wired(name) != f"{ip}/{gw_if.network.prefixlen}":
-                self.overlay.ensure_bridge(gw_if, mtu)
-                try:
-                    self.overlay.wire(name, st.netns, ipaddress.IPv4Interface(f"{ip}/{gw_if.network.prefixlen}"),
-                                      gw_if.ip, mtu)
-                except DataplaneError as exc:
-                    return {"active": "active", "sub": "running", "message": f"not on the overlay: {exc}",
-                            "restarts": loc.restarts}
+        if st.netns:
+            try:
+                ip = self._wire(name, unit, overlay, st.netns)
+            except DataplaneError as exc:
+                return {"active": "active", "sub": "running", "message": f"not on the overlay: {exc}",
+                        "restarts": loc.restarts}
         return {"active": "active", "sub": "running", "ip": ip, "restarts": loc.restarts,
                 "message": loc.message if loc.restarts else ""}
+
+    def _wire(self, name: str, unit: Unit, overlay: tuple[ipaddress.IPv4Interface, int] | None,
+              netns: str) -> str | None:
+        """The unit's address on the overlay, its namespace wired to it unless it is already (at its
+        start, before its command begins, and at every sync after); None if it is not on the overlay."""
+        if not unit.spec.overlay or overlay is None:
+            return None
+        gw_if, mtu = overlay
+        ip = self._address(name, gw_if)
+        if self.overlay.wired(name) != f"{ip}/{gw_if.network.prefixlen}":
+            self.overlay.ensure_bridge(gw_if, mtu)
+            self.overlay.wire(name, netns, ipaddress.IPv4Interface(f"{ip}/{gw_if.network.prefixlen}"), gw_if.ip, mtu)
+        return ip
 
     def _stop(self, name: str) -> None:
         for rt in self.runtimes.values():

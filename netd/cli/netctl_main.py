@@ -7,15 +7,17 @@ import asyncio
 import json
 import sys
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from netd.adapters.etcd import EtcdRegistry
 from netd.cli.common import FlagParser, add_etcd_flags, add_flag, config_key, make_registry
 from netd.cli.specs_cmd import SPEC_COMMANDS, add_spec_commands, run_spec_command
 from netd.cli.units_cmd import UNIT_COMMANDS, add_unit_commands, run_unit_command
 from netd.errors import ConfigError, NetdError
 from netd.model import parse_network_config
 from netd.model.config import BACKEND_DEFAULTS, network_config_from_json
+
+if TYPE_CHECKING:  # aetcd and grpc load with the commands that talk to etcd (seconds on a small or emulated CPU)
+    from netd.adapters.etcd import EtcdRegistry
 
 
 def build_parser() -> FlagParser:

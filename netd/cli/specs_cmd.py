@@ -7,13 +7,15 @@ import ipaddress
 import json
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netd.cli.chains_cmd import add_trace_command, print_chains, print_functions, read_reports, run_trace
 from netd.cli.common import FlagParser, add_flag, arg_type
 from netd.errors import ConfigError, NetdError
 from netd.model.flags import parse_ipv4
-from netd.model.specs import KIND_ALIASES, KINDS, Endpoint, SpecObject, TenantNetwork, to_document
+
+if TYPE_CHECKING:  # netd.model.specs (pydantic) is imported by the commands that use it, not by every netctl
+    from netd.model.specs import Endpoint
 
 SPEC_COMMANDS = ("validate", "diff", "apply", "delete", "get", "attach", "detach", "trace")
 
@@ -193,6 +195,8 @@ async def run_spec_command(args: argparse.Namespace) -> int:
 
 
 def _kind(text: str) -> str:
+    from netd.model.specs import KIND_ALIASES, KINDS
+
     kind = KIND_ALIASES.get(text.lower()) or (text if text in KINDS else None)
     if kind is None:
         raise ConfigError(f"unknown kind {text!r} (known: tenants, endpoints, sfs, chains)", "kind")
@@ -227,9 +231,10 @@ async def _endpoint_reports(store: Any) -> Reports:
 
 def _get(args: argparse.Namespace, stored: Any, reports: Reports, chain_reports: dict[str, Any]) -> int:
     from netd.core.specplan import endpoint_mac
+    from netd.model.specs import Endpoint, TenantNetwork, to_document
 
     kind = _kind(args.kind)
-    objs: list[SpecObject] = sorted((o for o, _ in stored.objects.values() if o.kind == kind),
+    objs: list[Any] = sorted((o for o, _ in stored.objects.values() if o.kind == kind),
                                     key=lambda o: o.metadata.name)
     if args.name:
         objs = [o for o in objs if o.metadata.name == args.name]
