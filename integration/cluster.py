@@ -90,7 +90,7 @@ class Host:
 #: emulated VMs most of a second per probe, and the scenarios send hundreds): prints "STATUS BODY",
 #: status 0 and the error if netd does not answer
 _HTTP_GET = """
-import socket
+import json, socket
 def http_get(port, path):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
@@ -101,16 +101,19 @@ def http_get(port, path):
         head, _, body = data.partition(b"\\r\\n\\r\\n")
         return int(head.split(b" ", 2)[1]), body.decode()
     except (OSError, ValueError, IndexError) as exc:
-        return 0, '{"reason": "%s"}' % str(exc).replace('"', "'")
+        return 0, json.dumps({"reason": str(exc)})
 """
 
 _DATAPATH_PROBE = _HTTP_GET + """
-import json, subprocess, sys
+import subprocess, sys
 def routes(*sel):
     out = subprocess.run(["ip", "-j", "route", "show", *sel], capture_output=True, text=True).stdout
     return [r.get("dst") for r in json.loads(out or "[]")]
 status, body = http_get(int(sys.argv[2]), "/dataplane")
-view = json.loads(body) if status == 200 else {}
+try:
+    view = json.loads(body) if status == 200 else {}
+except ValueError:
+    view = {}
 network = None
 try:
     for line in open(sys.argv[1]):

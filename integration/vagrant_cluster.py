@@ -58,9 +58,10 @@ class VagrantCluster(ClusterBase):
     def _ssh_options(self) -> list[str]:
         """One ssh connection per VM, kept open (ControlMaster): under emulation each new connection's
         key exchange costs the guest about a second, and the scenarios send it hundreds of commands."""
-        control = os.path.join(os.path.dirname(self._ssh_config), "%h.ctl")
+        control = os.path.join(os.path.dirname(self._ssh_config), "%C")  # (a hash of host, port and user)
         return ["-F", self._ssh_config, "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "ControlMaster=auto",
-                "-o", f"ControlPath={control}", "-o", "ControlPersist=120"]
+                "-o", f"ControlPath={control}", "-o", "ControlPersist=120",
+                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]  # a VM gone: fail, not hang
 
     def _ssh(self, i: int) -> list[str]:
         return ["ip", "netns", "exec", self.netns, "ssh", *self._ssh_options(), f"node{i}", "--"]

@@ -109,8 +109,9 @@ def parse_endpoints(spec: str) -> list[tuple[str, int, bool]]:
 
 #: gRPC waits up to 120 s between reconnection attempts by default (x1.6 from 1 s): after an etcd
 #: outage of half a minute a channel could stay down, and netd unready, for tens of seconds more
-#: with etcd back. At most 5 s: ready again within 5 s of etcd's return, and one attempt per host
-#: every 5 s is nothing to etcd.
+#: with etcd back. At most 5 s: ready again within 5 s of an etcd that refused connections coming
+#: back (one attempt per host every 5 s is nothing to etcd). An attempt to a host that drops packets
+#: still waits out gRPC's connect timeout (20 s).
 RECONNECT_MAX_MS = 5000
 
 

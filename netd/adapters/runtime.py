@@ -81,11 +81,19 @@ class Runtime(Protocol):
 def _start_time(pid: int) -> str:
     """The process's start time (clock ticks after boot), "" if it is gone or a zombie: a unit
     adopted after a netd restart is not netd's child, and where pid 1 does not reap (some
-    containers' init) it stays a zombie, dead all the same."""
+    containers' init) it stays a zombie, dead all the same. (A leader shows Z while other threads
+    of it still run: only when all its threads are Z or X is it dead.)"""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return "" if fields[0] == "Z" else fields[19]
+            started = fh.read().rsplit(")", 1)[1].split()[19]
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                        return started
+            except OSError:
+                continue  # a thread that just ended
+        return ""
     except (OSError, IndexError):
         return ""
 
@@ -130,10 +138,17 @@ class NetnsRuntime:
             os.close(gate_r)
             gate_r = -1
             self._children[unit] = p
-            deadline = time.monotonic() + 5  # until it is in its own network namespace (unshare has run)
+            deadline = time.monotonic() + 10  # until it is in its own network namespace (unshare has run)
             while time.monotonic() < deadline and p.poll() is None and \
                     _netns_of(p.pid) in ("", _netns_of(os.getpid())):
                 time.sleep(0.01)
+            if p.poll() is None and _netns_of(p.pid) in ("", _netns_of(os.getpid())):
+                # still in netd's own namespace: wiring "its" namespace would rewire the host's
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                self._children.pop(unit, None)
+                raise DataplaneError(f"unit {unit}: no network namespace of its own after 10 s (unshare)")
             with open(meta, "w") as fh:
                 json.dump({"unit": unit, "pid": p.pid, "start": _start_time(p.pid)}, fh)
             # a name for its network namespace, as `ip netns` lists it: what an Endpoint on a tenant network names
@@ -143,7 +158,7 @@ class NetnsRuntime:
             if ready is not None and p.poll() is None:
                 try:
                     ready(f"/proc/{p.pid}/ns/net")
-                except DataplaneError as exc:  # it runs unwired; the next sync wires it and says so until then
+                except Exception as exc:  # noqa: BLE001 - it runs unwired; the next sync wires it and says so
                     log.warning("unit %s runs without its network: %s", unit, exc)
         finally:
             if gate_r >= 0:
@@ -169,7 +184,7 @@ class NetnsRuntime:
         except (OSError, ValueError):
             return None
         pid = int(rec.get("pid", 0))
-        alive = pid > 0 and _start_time(pid) == rec.get("start")  # adopted after a netd restart
+        alive = pid > 0 and bool(rec.get("start")) and _start_time(pid) == rec.get("start")  # adopted after a restart
         return Running(unit, alive, f"/proc/{pid}/ns/net" if alive else "", None if alive else -1, pid)
 
     def stop(self, unit: str) -> None:
@@ -287,7 +302,7 @@ class DockerRuntime:
         if ready is not None and st is not None and st.alive and st.netns:
             try:
                 ready(st.netns)
-            except DataplaneError as exc:  # as in NetnsRuntime.start
+            except Exception as exc:  # noqa: BLE001 - as in NetnsRuntime.start
                 log.warning("unit %s runs without its network: %s", unit, exc)
         return st if st is not None else Running(unit, False, "", None, 0)
 
@@ -335,18 +350,18 @@ class Overlay:
 
     def ensure_bridge(self, gateway: ipaddress.IPv4Interface, mtu: int) -> None:
         ipr = self.ipr
-        if not ipr.link_lookup(ifname=BRIDGE):
-            try:
+        try:
+            if not ipr.link_lookup(ifname=BRIDGE):
                 ipr.link("add", ifname=BRIDGE, kind="bridge")
-            except NetlinkError as exc:
-                raise DataplaneError(f"creating bridge {BRIDGE}: {exc}") from exc
-        idx = ipr.link_lookup(ifname=BRIDGE)[0]
-        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
-        for addr, plen in have - {(str(gateway.ip), gateway.network.prefixlen)}:
-            ipr.addr("del", index=idx, address=addr, prefixlen=plen)  # a subnet of before (a new lease)
-        if (str(gateway.ip), gateway.network.prefixlen) not in have:
-            ipr.addr("add", index=idx, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
-        ipr.link("set", index=idx, mtu=mtu, state="up")
+            idx = ipr.link_lookup(ifname=BRIDGE)[0]
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
+            for addr, plen in have - {(str(gateway.ip), gateway.network.prefixlen)}:
+                ipr.addr("del", index=idx, address=addr, prefixlen=plen)  # a subnet of before (a new lease)
+            if (str(gateway.ip), gateway.network.prefixlen) not in have:
+                ipr.addr("add", index=idx, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
+            ipr.link("set", index=idx, mtu=mtu, state="up")
+        except (NetlinkError, OSError, IndexError) as exc:
+            raise DataplaneError(f"bridge {BRIDGE} with the units' gateway {gateway}: {exc}") from exc
 
     def has_bridge(self) -> bool:
         """netd0 exists (made when the first unit is wired: a host without units has none)."""
@@ -373,15 +388,21 @@ class Overlay:
         script = ["ip link del eth0 2>/dev/null || true", f"ip link set dev {tmp} name eth0 mtu {mtu}",
                   f"ip addr add {address} dev eth0", "ip link set eth0 up", "ip link set lo up",
                   f"ip route replace default via {gateway} dev eth0"]
-        r = subprocess.run(["nsenter", f"--net={netns}", "sh", "-ec", "; ".join(script)], capture_output=True,
-                           text=True, timeout=20)
-        if r.returncode != 0:
+        try:
+            r = subprocess.run(["nsenter", f"--net={netns}", "sh", "-ec", "; ".join(script)], capture_output=True,
+                               text=True, timeout=20)
+            if r.returncode != 0:
+                raise DataplaneError(f"unit {unit}: configuring eth0: {r.stderr.strip() or r.returncode}")
+            idx = self.ipr.link_lookup(ifname=port)[0]
+            bridge = self.ipr.link_lookup(ifname=BRIDGE)[0]
+            self.ipr.link("set", index=idx, master=bridge, state="up")
+            self.ipr.link("set", index=idx, ifalias=f"netd unit {address}")
+        except (NetlinkError, OSError, IndexError, subprocess.SubprocessError) as exc:
             self.unwire(unit)
-            raise DataplaneError(f"unit {unit}: configuring eth0: {r.stderr.strip() or r.returncode}")
-        idx = self.ipr.link_lookup(ifname=port)[0]
-        bridge = self.ipr.link_lookup(ifname=BRIDGE)[0]
-        self.ipr.link("set", index=idx, master=bridge, state="up")
-        self.ipr.link("set", index=idx, ifalias=f"netd unit {address}")
+            raise DataplaneError(f"unit {unit}: wiring it to {BRIDGE}: {exc}") from exc
+        except DataplaneError:
+            self.unwire(unit)
+            raise
 
     def unwire(self, unit: str) -> None:
         found = self.ipr.link_lookup(ifname=self.port(unit))

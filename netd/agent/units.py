@@ -298,6 +298,8 @@ class UnitAgent:
             self.error = f"etcd: {exc}"
             return  # what runs keeps running (until the lease lapses); the next sync tries again
         overlay = units_side(overlay_of(self._read_subnet_env()))
+        if overlay is not None and self.opts.dns_on_gateway:
+            await self._gateway_dns(overlay, wanted)
         try:
             reports = await self._on_pool(self._apply, wanted, overlay)
         except (DataplaneError, NetdError) as exc:
@@ -305,17 +307,25 @@ class UnitAgent:
             log.warning("units sync failed: %s", exc)
             return
         self.error = None
-        if overlay is not None and self.opts.dns_on_gateway and await self._on_pool(self.overlay.has_bridge):
-            try:
-                await self.dns.listen(str(overlay[0].ip), 53)
-            except OSError as exc:
-                log.warning("DNS on %s:53: %s", overlay[0].ip, exc)
         if self.opts.node or any(loc.unit.spec.tenants for loc in self._local.values()):
             try:
                 await self._tenant_endpoints(reports)
             except (RegistryUnavailable, RegistryRefused, NetdError) as exc:
                 log.warning("units' tenant endpoints: %s", exc)
         await self._publish_reports(reports)
+
+    async def _gateway_dns(self, overlay: tuple[ipaddress.IPv4Interface, int],
+                           wanted: dict[str, tuple[Unit, str]]) -> None:
+        """The units' gateway, and DNS answered on it, before any unit starts: a unit that resolves
+        a name as it starts finds its server there. (A host without overlay units has neither.)"""
+        try:
+            if any(unit.spec.overlay for unit, _ in wanted.values()):
+                await self._on_pool(self.overlay.ensure_bridge, *overlay)
+            elif not await self._on_pool(self.overlay.has_bridge):
+                return
+            await self.dns.listen(str(overlay[0].ip), 53)
+        except (DataplaneError, OSError) as exc:  # (each unit's wiring says it again in list-units)
+            log.warning("DNS on the units' gateway %s:53: %s", overlay[0].ip, exc)
 
     def _read_subnet_env(self) -> str:
         try:
@@ -457,7 +467,10 @@ class UnitAgent:
         if not unit.spec.overlay or overlay is None:
             return None
         gw_if, mtu = overlay
-        ip = self._address(name, gw_if)
+        try:
+            ip = self._address(name, gw_if)
+        except OSError as exc:  # its address could not be saved
+            raise DataplaneError(f"unit {name}: saving its address: {exc}") from exc
         if self.overlay.wired(name) != f"{ip}/{gw_if.network.prefixlen}":
             self.overlay.ensure_bridge(gw_if, mtu)
             self.overlay.wire(name, netns, ipaddress.IPv4Interface(f"{ip}/{gw_if.network.prefixlen}"), gw_if.ip, mtu)

@@ -73,3 +73,32 @@ def test_without_a_hook_the_command_begins_at_once(root, tmp_path):
         assert "wired0" not in log and log.count(": <") == 1, log  # only lo: a namespace of its own
     finally:
         rt.stop("probe.service")
+
+
+def test_any_error_of_the_wiring_is_logged_and_the_command_still_begins(root, tmp_path, caplog):
+    rt = NetnsRuntime(str(tmp_path))
+
+    def ready(netns: str) -> None:
+        raise RuntimeError("netlink went away")
+
+    st = rt.start("probe.service", PROBE, None, {}, None, ready=ready)
+    try:
+        assert st.alive
+        first_output(rt, "probe.service")
+        assert "unit probe.service runs without its network: netlink went away" in caplog.text
+    finally:
+        rt.stop("probe.service")
+
+
+def test_a_command_that_cannot_start_leaks_no_descriptor(root, tmp_path):
+    import os
+
+    rt = NetnsRuntime(str(tmp_path))
+    before = len(os.listdir("/proc/self/fd"))
+    st = rt.start("gone.service", ["/nonexistent/cmd"], None, {}, None, ready=lambda netns: None)
+    deadline = time.monotonic() + 10
+    while rt.status("gone.service") is not None and rt.status("gone.service").alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not rt.status("gone.service").alive, st
+    rt.stop("gone.service")
+    assert len(os.listdir("/proc/self/fd")) == before
